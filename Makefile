@@ -1,0 +1,20 @@
+# The two commands of the README. Both set up what they need first (scripts/bootstrap.sh).
+VENV ?= .venv
+CORES ?= 2
+
+.PHONY: run test dry-run bench
+
+run:  ## set up, then run the default experiment (workflow_config.yaml) into results/
+	bash scripts/bootstrap.sh
+	$(VENV)/bin/snakemake --cores $(CORES)
+
+test:  ## set up, then run the test suite
+	bash scripts/bootstrap.sh
+	$(VENV)/bin/python -m pytest
+
+dry-run:  ## show what `make run` would do
+	$(VENV)/bin/snakemake -n --cores $(CORES)
+
+bench:  ## speed benchmarks (on demand; results in BENCHMARKS.md)
+	bash scripts/bootstrap.sh
+	$(VENV)/bin/python benchmarks/run_benchmarks.py

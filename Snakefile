@@ -1,0 +1,34 @@
+# asvp-flow: aligned selection via proxy (Wen et al.), one static DAG of rounds.
+#
+# Reads like the paper's Figure 10. For each method, strategy and seed:
+#   round 0    select_initial (seeded random) -> label
+#   round r>0  [svpp/asvp]      train_proxy on round r-1's features -> select_proxy -> label
+#              [standard]       select_standard with round r-1's fine-tuned model  -> label
+#              [random]         select_random                                      -> label
+#   every round                 finetune (FT or LP-FT) -> evaluate
+# then summarize -> results/{experiment}/summary.csv.
+# All logic lives in src/asvp; rules only wire files to `python -m asvp <step>`.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "workflow_config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/features.smk"
+include: "rules/select.smk"
+include: "rules/proxy.smk"
+include: "rules/finetune.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        # Every round's metrics in ascending order: keeps DAG recursion shallow for long runs.
+        all_metrics(),
+        f"{RES}/summary.csv",

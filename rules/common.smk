@@ -1,0 +1,95 @@
+# Config validation, paths and the small helpers every rule file uses.
+import json
+import shlex
+import sys
+
+sys.setrecursionlimit(100000)  # long round chains (hundreds of rounds) recurse deeply in DAG building
+sys.path.insert(0, f"{workflow.basedir}/src")
+
+from asvp.config import validate_config  # noqa: E402
+
+config.update(
+    validate_config(
+        config, source=", ".join(map(str, workflow.overwrite_configfiles or ["workflow_config.yaml"]))
+    )
+)
+
+RES = f"{config['results_dir']}/{config['experiment']}"
+RUN = RES + "/{method}/{strategy}/seed{seed}"
+ROUND = RUN + "/round{r}"
+PREV = RUN + "/round{prev}"
+BUDGETS = config["schedule"]["budgets"]
+N_ROUNDS = len(BUDGETS)
+
+# The library's CLI, run by the interpreter that runs Snakemake (the project's venv); with
+# `--sdm conda` each rule's env provides `python` instead.
+ASVP = (
+    "python -m asvp"
+    if "conda" in str(workflow.deployment_settings.deployment_method).lower()
+    else f"{shlex.quote(sys.executable)} -m asvp"
+)
+
+PROXY_METHODS = ("svpp", "asvp")
+STANDARD_METHODS = ("standard", "standard_lpft")
+UNSUPPORTED_METHODS = {
+    "asvp": "the ASVP refresh decision (LogME + PED) is not wired into the workflow yet",
+    "activeft_pre": "ActiveFT(pre) needs the ActiveFT strategy, which is not implemented yet",
+}
+
+
+def check_methods():
+    for method in config["methods"]:
+        if method in UNSUPPORTED_METHODS:
+            raise ValueError(
+                f"method '{method}' cannot run yet: {UNSUPPORTED_METHODS[method]}. "
+                "Remove it from `methods` in the config."
+            )
+
+
+check_methods()
+
+
+wildcard_constraints:
+    method=r"[a-z_]+",
+    strategy=r"[a-z_]+",
+    seed=r"\d+",
+    r=r"\d{3}",
+
+
+def cfg_json(*sections):
+    """Shell-quoted JSON of config sections: a rule's params, so it reruns only when they change."""
+    return shlex.quote(json.dumps({s: config[s] for s in sections}, sort_keys=True))
+
+
+def prev_round(wildcards):
+    return f"{int(wildcards.r) - 1:03d}"
+
+
+def round_file(wildcards, name, r=None):
+    """Path of `name` in round r (default: this job's round) of this job's run."""
+    r = wildcards.r if r is None else r
+    return f"{RES}/{wildcards.method}/{wildcards.strategy}/seed{wildcards.seed}/round{r}/{name}"
+
+
+def strategies_of(method):
+    return ["random"] if method == "random" else config["strategies"]
+
+
+def runs():
+    for method in config["methods"]:
+        for strategy in strategies_of(method):
+            for seed in config["seeds"]:
+                yield method, strategy, seed
+
+
+def all_metrics():
+    return [
+        f"{RES}/{method}/{strategy}/seed{seed}/round{r:03d}/metrics.json"
+        for r in range(N_ROUNDS)
+        for method, strategy, seed in runs()
+    ]
+
+
+def train_recipe(wildcards):
+    """FT for everything but the LP-FT baseline (ASVP switches at run time once wired)."""
+    return "lpft" if wildcards.method == "standard_lpft" else "ft"

@@ -1,0 +1,37 @@
+# Stage 1 of SVPp/ASVP: fix the pool, pre-compute backbone features once.
+
+
+rule define_pool:
+    output:
+        pool=f"{RES}/data/pool.csv",
+        test=f"{RES}/data/test.csv",
+        info=f"{RES}/data/dataset.json",
+    params:
+        cfg=cfg_json("data"),
+    log:
+        f"{RES}/data/logs/define_pool.log",
+    benchmark:
+        f"{RES}/data/benchmarks/define_pool.tsv"
+    shell:
+        "{ASVP} define-pool --config-json {params.cfg} --pool {output.pool} --test {output.test} "
+        "--info {output.info} > {log} 2>&1"
+
+
+rule extract_pretrained:
+    input:
+        pool=rules.define_pool.output.pool,
+        test=rules.define_pool.output.test,
+    output:
+        f"{RES}/features/pretrained.h5",
+    params:
+        cfg=cfg_json("data", "backbone", "features", "device"),
+    threads: 2
+    resources:
+        gpu=1 if config["device"] == "cuda" else 0,
+    log:
+        f"{RES}/features/logs/extract_pretrained.log",
+    benchmark:
+        f"{RES}/features/benchmarks/extract_pretrained.tsv"
+    shell:
+        "{ASVP} --threads {threads} extract --config-json {params.cfg} --pool {input.pool} "
+        "--test {input.test} --out {output} > {log} 2>&1"

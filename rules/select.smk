@@ -1,0 +1,118 @@
+# Each round's query: round 0 is a seeded random draw; later rounds score the pool with the
+# method's selection model; `label` asks the (simulated) oracle and grows the labelled set.
+
+
+rule select_initial:
+    input:
+        pool=rules.define_pool.output.pool,
+    output:
+        RUN + "/round000/selected.csv",
+    params:
+        budget=BUDGETS[0],
+    log:
+        RUN + "/round000/logs/select_initial.log",
+    benchmark:
+        RUN + "/round000/benchmarks/select_initial.tsv"
+    shell:
+        "{ASVP} select-initial --pool {input.pool} --budget {params.budget} --seed {wildcards.seed} "
+        "--out {output} > {log} 2>&1"
+
+
+rule select_proxy:
+    wildcard_constraints:
+        method="|".join(PROXY_METHODS),
+        r=r"(?!000)\d{3}",
+    input:
+        pool=rules.define_pool.output.pool,
+        features=lambda w: proxy_features(w, prev_round(w)),
+        proxy=ROUND + "/proxy.pt",
+        labelled=lambda w: round_file(w, "labelled.csv", prev_round(w)),
+    output:
+        selected=ROUND + "/selected.csv",
+        scores=ROUND + "/scores.npy",
+    params:
+        budget=lambda w: BUDGETS[int(w.r)],
+        cfg=cfg_json("proxy"),
+    threads: 2
+    log:
+        ROUND + "/logs/select.log",
+    benchmark:
+        ROUND + "/benchmarks/select.tsv"
+    shell:
+        "{ASVP} --threads {threads} select --strategy {wildcards.strategy} --budget {params.budget} "
+        "--seed {wildcards.seed} --round {wildcards.r} --pool {input.pool} --labelled {input.labelled} "
+        "--features {input.features} --proxy {input.proxy} --config-json {params.cfg} "
+        "--selected-out {output.selected} --scores-out {output.scores} > {log} 2>&1"
+
+
+rule select_standard:
+    wildcard_constraints:
+        method="|".join(STANDARD_METHODS),
+        r=r"(?!000)\d{3}",
+    input:
+        pool=rules.define_pool.output.pool,
+        model=lambda w: round_file(w, "model.pt", prev_round(w)),
+        labelled=lambda w: round_file(w, "labelled.csv", prev_round(w)),
+    output:
+        selected=ROUND + "/selected.csv",
+        scores=ROUND + "/scores.npy",
+    params:
+        budget=lambda w: BUDGETS[int(w.r)],
+        cfg=cfg_json("data", "evaluation", "device"),
+    threads: 2
+    resources:
+        gpu=1 if config["device"] == "cuda" else 0,
+    log:
+        ROUND + "/logs/select.log",
+    benchmark:
+        ROUND + "/benchmarks/select.tsv"
+    shell:
+        "{ASVP} --threads {threads} select --strategy {wildcards.strategy} --budget {params.budget} "
+        "--seed {wildcards.seed} --round {wildcards.r} --pool {input.pool} --labelled {input.labelled} "
+        "--model {input.model} --config-json {params.cfg} "
+        "--selected-out {output.selected} --scores-out {output.scores} > {log} 2>&1"
+
+
+rule select_random:
+    wildcard_constraints:
+        method="random",
+        r=r"(?!000)\d{3}",
+    input:
+        pool=rules.define_pool.output.pool,
+        labelled=lambda w: round_file(w, "labelled.csv", prev_round(w)),
+    output:
+        selected=ROUND + "/selected.csv",
+        scores=ROUND + "/scores.npy",
+    params:
+        budget=lambda w: BUDGETS[int(w.r)],
+    log:
+        ROUND + "/logs/select.log",
+    benchmark:
+        ROUND + "/benchmarks/select.tsv"
+    shell:
+        "{ASVP} select --strategy random --budget {params.budget} --seed {wildcards.seed} "
+        "--round {wildcards.r} --pool {input.pool} --labelled {input.labelled} "
+        "--selected-out {output.selected} --scores-out {output.scores} > {log} 2>&1"
+
+
+def label_inputs(wildcards):
+    inputs = {"selected": round_file(wildcards, "selected.csv"), "pool": rules.define_pool.output.pool}
+    if int(wildcards.r) > 0:
+        inputs["previous"] = round_file(wildcards, "labelled.csv", prev_round(wildcards))
+    return inputs
+
+
+rule label:
+    input:
+        unpack(label_inputs),
+    output:
+        ROUND + "/labelled.csv",
+    params:
+        previous=lambda w, input: f"--previous {input.previous}" if "previous" in input.keys() else "",
+    log:
+        ROUND + "/logs/label.log",
+    benchmark:
+        ROUND + "/benchmarks/label.tsv"
+    shell:
+        "{ASVP} label --selected {input.selected} --pool {input.pool} {params.previous} "
+        "--round {wildcards.r} --out {output} > {log} 2>&1"

@@ -1,0 +1,5 @@
+import sys
+
+from asvp.cli import main
+
+sys.exit(main())

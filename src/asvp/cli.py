@@ -1,0 +1,150 @@
+"""Thin command-line layer the Snakemake rules call: `python -m asvp <command> ...`.
+
+Each command parses paths and a JSON config excerpt (only the sections the step depends on,
+so that Snakemake's params trigger reruns exactly the steps a change affects) and calls one
+function in `asvp.rounds`, `asvp.decision` or `asvp.report`. User errors print one line and
+exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from asvp.errors import AsvpError
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    return json.loads(args.config_json)
+
+
+def run_command(args: argparse.Namespace) -> None:
+    """Dispatch one parsed command to the library (imports are local: `--help` stays fast)."""
+    if args.command in ("select-initial", "label"):
+        from asvp import queries  # torch-free: these small jobs start fast
+
+        if args.command == "select-initial":
+            queries.select_initial(args.pool, args.budget, args.seed, args.out)
+        else:
+            queries.label_round(args.selected, args.pool, args.previous, args.round, args.out)
+        return
+    if args.command == "summarize":
+        from asvp import report
+
+        report.summarize(args.experiment_dir, args.metrics, args.out)
+        return
+    from asvp import rounds
+
+    if args.command == "validate-config":
+        from asvp.config import load_config
+
+        print(json.dumps(load_config(args.configfile), indent=2))
+    elif args.command == "define-pool":
+        rounds.define_pool(_config(args), args.pool, args.test, args.info)
+    elif args.command == "extract":
+        rounds.extract(_config(args), args.pool, args.test, args.out, model_path=args.model)
+    elif args.command == "train-proxy":
+        rounds.train_proxy_round(args.features, args.labelled, _config(args)["proxy"], args.seed, args.round, args.out)
+    elif args.command == "select":
+        rounds.select_round(
+            args.strategy, args.budget, args.seed, args.round, args.pool, args.labelled, args.selected_out,
+            args.scores_out, features_path=args.features, proxy_path=args.proxy, model_path=args.model,
+            config=_config(args),
+        )
+    elif args.command == "finetune":
+        rounds.finetune(_config(args), args.recipe, args.pool, args.labelled, args.seed, args.out)
+    elif args.command == "evaluate":
+        accuracy = rounds.evaluate(_config(args), args.model, args.test, args.out)
+        print(f"accuracy {accuracy:.4f}")
+    else:  # pragma: no cover - argparse rejects unknown commands
+        raise ValueError(args.command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asvp", description="asvp-flow steps, called by the Snakemake rules")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (rules pass {threads})")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str, *, config: bool = False) -> argparse.ArgumentParser:
+        command_parser = sub.add_parser(name, help=help_text)
+        if config:
+            command_parser.add_argument("--config-json", required=True, help="JSON excerpt of the validated config")
+        return command_parser
+
+    p = add("validate-config", "validate a config file; print it with defaults filled in")
+    p.add_argument("configfile")
+
+    p = add("define-pool", "write pool.csv, test.csv and dataset.json (seeded subsets)", config=True)
+    for name in ("--pool", "--test", "--info"):
+        p.add_argument(name, required=True)
+
+    p = add("extract", "extract backbone features of pool and test images to HDF5", config=True)
+    for name in ("--pool", "--test", "--out"):
+        p.add_argument(name, required=True)
+    p.add_argument("--model", help="fine-tuned model.pt (feature refresh); default: the pre-trained backbone")
+
+    p = add("select-initial", "round 0: seeded random draw")
+    p.add_argument("--pool", required=True)
+    p.add_argument("--budget", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True)
+
+    p = add("train-proxy", "train the MLP proxy on the labelled features", config=True)
+    for name in ("--features", "--labelled", "--out"):
+        p.add_argument(name, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--round", type=int, required=True)
+
+    p = add("select", "score the unlabelled pool with a strategy and select a batch")
+    p.add_argument("--strategy", required=True)
+    for name in ("--budget", "--seed", "--round"):
+        p.add_argument(name, type=int, required=True)
+    for name in ("--pool", "--labelled", "--selected-out", "--scores-out"):
+        p.add_argument(name, required=True)
+    p.add_argument("--features", help="pool features (proxy selection)")
+    p.add_argument("--proxy", help="trained proxy (proxy selection)")
+    p.add_argument("--model", help="fine-tuned model.pt (standard AL selection)")
+    p.add_argument("--config-json", default="{}")
+
+    p = add("label", "simulated oracle: label the selection and append it to the labelled set")
+    for name in ("--selected", "--pool", "--out"):
+        p.add_argument(name, required=True)
+    p.add_argument("--previous", help="labelled set of the previous round (absent in round 0)")
+    p.add_argument("--round", type=int, required=True)
+
+    p = add("finetune", "fine-tune the pre-trained backbone on the labelled set (FT or LP-FT)", config=True)
+    p.add_argument("--recipe", choices=["ft", "lpft"], required=True)
+    for name in ("--pool", "--labelled", "--out"):
+        p.add_argument(name, required=True)
+    p.add_argument("--seed", type=int, required=True)
+
+    p = add("evaluate", "test accuracy of a fine-tuned model", config=True)
+    for name in ("--model", "--test", "--out"):
+        p.add_argument(name, required=True)
+
+    p = add("summarize", "collect every round's metrics and timings into summary.csv")
+    p.add_argument("--experiment-dir", required=True)
+    p.add_argument("--metrics", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        run_command(args)
+    except AsvpError as exc:
+        print(f"asvp {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

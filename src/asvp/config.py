@@ -1,0 +1,135 @@
+"""Load and validate the workflow config against `rules/schemas/config.schema.yaml`.
+
+One place validates the config (scikit-learn's habit): the Snakefile calls `validate_config` at
+start-up, so a typo in a key or a wrong type stops the run before any job starts, with a message
+that names the key, what is allowed, and the file. Defaults from the schema are filled in here,
+so rules and the library see one complete config.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from asvp.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "rules" / "schemas" / "config.schema.yaml"
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    """Read the JSON schema (written in YAML)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config schema {path} is missing; reinstall asvp-flow from its checkout")
+    return yaml.safe_load(path.read_text())
+
+
+def _with_defaults(validator_class: type) -> type:
+    """Extend a jsonschema validator so that validating also fills in schema defaults."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):  # type: ignore[no-untyped-def]
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultFillingValidator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(part) for part in error.absolute_path) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError, source: str) -> str:
+    """Turn a jsonschema error into one sentence naming the key and the fix."""
+    where = _key_path(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        known = set(allowed)
+        unknown = sorted(k for k in error.instance if k not in known)
+        prefix = f"{where}." if error.absolute_path else ""
+        keys = ", ".join(f"'{prefix}{k}'" for k in unknown)
+        return (
+            f"{source}: unknown config key {keys}. Allowed keys here: {', '.join(allowed)}. "
+            "Fix the spelling or remove the key."
+        )
+    if error.validator == "enum":
+        return (
+            f"{source}: key '{where}' is {error.instance!r}, which is not one of "
+            f"{error.validator_value}. Use one of those values."
+        )
+    if error.validator == "type":
+        return (
+            f"{source}: key '{where}' must be of type {error.validator_value}, "
+            f"got {error.instance!r}. Change the value in the config."
+        )
+    if error.validator == "required":
+        return f"{source}: {error.message} at '{where}'. Add it to the config."
+    return f"{source}: key '{where}': {error.message}. Change the value in the config."
+
+
+def validate_config(
+    config: Mapping[str, Any], *, source: str = "workflow config", schema_path: str | Path = SCHEMA_PATH
+) -> dict[str, Any]:
+    """Return a validated deep copy of `config` with schema defaults filled in.
+
+    Raises ConfigError naming the first offending key (errors are sorted so the message is stable).
+    """
+    filled = copy.deepcopy(dict(config))
+    validator = _DefaultFillingValidator(load_schema(schema_path))
+    errors = sorted(validator.iter_errors(filled), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    if errors:
+        raise ConfigError(_describe(errors[0], source))
+    _check_consistency(filled, source)
+    return filled
+
+
+def _check_consistency(config: dict[str, Any], source: str) -> None:
+    """Cross-key checks a JSON schema cannot express."""
+    data = config["data"]
+    if data["dataset"] in ("imagefolder", "imagenet", "cifar10", "cifar100", "oxford_pets") and not data["root"]:
+        raise ConfigError(
+            f"{source}: data.dataset is '{data['dataset']}', which needs data.root (the folder that "
+            "holds the dataset). Set data.root to that folder."
+        )
+    budgets = config["schedule"]["budgets"]
+    if data["pool_subset"] is not None and sum(budgets) > data["pool_subset"]:
+        raise ConfigError(
+            f"{source}: schedule.budgets sum to {sum(budgets)} labels but data.pool_subset is only "
+            f"{data['pool_subset']} images. Lower the budgets or enlarge the pool."
+        )
+    lpft = config["lpft"]
+    for recipe_name, recipe, epochs in (
+        ("finetune", config["finetune"], config["finetune"]["epochs"]),
+        ("lpft", lpft, lpft["ft_epochs"]),
+    ):
+        late = [m for m in recipe["milestones"] if m > epochs]
+        if late:
+            raise ConfigError(
+                f"{source}: {recipe_name}.milestones {late} lie beyond its {epochs} epochs and would never "
+                "take effect. Remove them or raise the epochs."
+            )
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file and validate it (defaults filled in)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist. Pass an existing file with --configfile.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}). Fix the syntax.") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values.")
+    return validate_config(raw, source=str(path))

@@ -1,0 +1,33 @@
+"""Datasets as image sources, plus the transforms and torch Dataset that feed the backbones.
+
+`open_source(name, root, split)` is the single entry point; see `sources.py` for the layouts.
+"""
+
+from asvp.data.idx import read_idx
+from asvp.data.sources import (
+    DATASET_NAMES,
+    FASHION_MNIST_DEFAULT_ROOT,
+    SPLITS,
+    ArraySource,
+    FileSource,
+    ImageSource,
+    open_source,
+    read_image,
+)
+from asvp.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, build_transform
+
+__all__ = [
+    "DATASET_NAMES",
+    "FASHION_MNIST_DEFAULT_ROOT",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "SPLITS",
+    "ArraySource",
+    "FileSource",
+    "ImageDataset",
+    "ImageSource",
+    "build_transform",
+    "open_source",
+    "read_idx",
+    "read_image",
+]

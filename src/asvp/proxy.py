@@ -1,0 +1,171 @@
+"""The MLP proxy of SVPp/ASVP, trained on pre-computed features (paper sec. 3.1 and 6.1).
+
+Architecture: Linear(d, d) -> BatchNorm1d(d) -> ReLU -> Linear(d, C), hidden width = feature
+dimension, re-initialised every round. Training follows the official code: SGD with momentum
+0.9 and Nesterov, per-step cosine decay over 7/16 of a cycle (the lr ends at cos(7*pi/16) ~ 0.195
+of its base, not 0), plain cross-entropy on raw (unnormalised) features.
+
+Two bugs of the official code are avoided: a final batch of exactly one sample (BatchNorm in
+train mode raises on it) is merged into the previous batch, and every random choice is seeded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from asvp.errors import DataError
+
+
+@dataclass(frozen=True)
+class ProxyRecipe:
+    """Proxy training hyper-parameters; defaults are the paper's appendix A values."""
+
+    epochs: int = 50
+    lr: float = 0.01
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = True
+    batch_size: int = 2048
+    inference_batch_size: int = 16384
+
+    @classmethod
+    def from_config(cls, proxy_config: dict[str, Any]) -> ProxyRecipe:
+        return cls(**proxy_config)
+
+
+class ProxyMLP(nn.Module):
+    """Linear + BatchNorm + ReLU + Linear; `embed` gives the post-ReLU hidden layer."""
+
+    def __init__(self, feature_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.hidden = nn.Sequential(
+            nn.Linear(feature_dim, feature_dim), nn.BatchNorm1d(feature_dim), nn.ReLU(inplace=True)
+        )
+        self.classifier = nn.Linear(feature_dim, num_classes)
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        return self.hidden(features)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.hidden(features))
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Shuffled mini-batches; a trailing batch of one is merged so BatchNorm never sees size 1."""
+    order = torch.randperm(n, generator=generator)
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2] = torch.cat([batches[-2], batches.pop()])
+    return batches
+
+
+def check_finite(features: np.ndarray, what: str) -> None:
+    """Refuse NaN/Inf features: a proxy trained on them selects garbage without any error."""
+    bad = ~np.isfinite(features).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise DataError(
+            f"{what}: {len(rows)} feature rows contain NaN or Inf (first rows: {rows[:5].tolist()}). "
+            "Re-extract the features (delete the file and rerun), and check the backbone checkpoint."
+        )
+
+
+def train_proxy(
+    features: np.ndarray, labels: np.ndarray, num_classes: int, recipe: ProxyRecipe, seed: int
+) -> ProxyMLP:
+    """Train a fresh proxy on labelled features.
+
+    features: (N, D) float array of the labelled samples; labels: (N,) int64 in [0, num_classes).
+    """
+    if len(features) < 2:
+        raise DataError(f"the proxy needs at least 2 labelled samples, got {len(features)}; raise schedule.budgets[0]")
+    check_finite(features, "labelled features")
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    model = ProxyMLP(x.shape[1], num_classes)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        nesterov=recipe.nesterov,
+        weight_decay=recipe.weight_decay,
+    )
+    steps_per_epoch = len(_batches(len(x), recipe.batch_size, torch.Generator().manual_seed(0)))
+    total_steps = recipe.epochs * steps_per_epoch
+    # Official code: LambdaLR factor max(0, cos(pi * 7/16 * step / total)), stepped per iteration.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: max(0.0, math.cos(math.pi * 7 / 16 * step / total_steps))
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    for _ in range(recipe.epochs):
+        for batch in _batches(len(x), recipe.batch_size, generator):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x[batch]), y[batch])
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def proxy_outputs(
+    model: ProxyMLP, features: Any, rows: np.ndarray, batch_size: int, *, want_embeddings: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Softmax probabilities (len(rows), C) float32 and optionally hidden embeddings (len(rows), D).
+
+    `features` may be an in-memory array or an h5py dataset: rows are read in sorted chunks so a
+    1.28M-row ImageNet pool is never loaded whole.
+    """
+    model.eval()
+    rows = np.asarray(rows, dtype=np.int64)
+    probs: list[np.ndarray] = []
+    embeds: list[np.ndarray] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        x = torch.as_tensor(np.asarray(features[np.sort(chunk)], dtype=np.float32))
+        # h5py needs increasing indices; restore the caller's order afterwards.
+        x = x[torch.as_tensor(np.argsort(np.argsort(chunk)))]
+        if not torch.isfinite(x).all():
+            raise DataError("pool features contain NaN or Inf; re-extract the features (delete the file and rerun)")
+        hidden = model.embed(x)
+        probs.append(torch.softmax(model.classifier(hidden), dim=1).numpy())
+        if want_embeddings:
+            embeds.append(hidden.numpy())
+    num_classes = model.classifier.out_features
+    p = np.concatenate(probs) if probs else np.zeros((0, num_classes), np.float32)
+    e = (np.concatenate(embeds) if embeds else np.zeros((0, model.classifier.in_features), np.float32)) if want_embeddings else None
+    return p, e
+
+
+def save_proxy(model: ProxyMLP, path: str | Path, recipe: ProxyRecipe, extra: dict[str, Any]) -> None:
+    """Save weights with the recipe, so a proxy file says how it was trained."""
+    from asvp.atomic import atomic_path
+
+    payload = {
+        "state_dict": model.state_dict(),
+        "feature_dim": model.classifier.in_features,
+        "num_classes": model.classifier.out_features,
+        "recipe": asdict(recipe),
+        **extra,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_proxy(path: str | Path) -> ProxyMLP:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    model = ProxyMLP(payload["feature_dim"], payload["num_classes"])
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model

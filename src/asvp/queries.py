@@ -1,0 +1,38 @@
+"""The cheap per-round file steps: round 0's random query and the (simulated) oracle.
+
+Kept free of torch so these many small jobs start in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from asvp.atomic import write_csv
+from asvp.errors import ConfigError
+from asvp.pool import label_selection, read_labelled, read_selected, read_split_table, write_selected
+
+
+def round_rng(seed: int, round_index: int) -> np.random.Generator:
+    """One independent, reproducible random stream per (seed, round)."""
+    return np.random.default_rng([seed, round_index])
+
+
+def select_initial(pool_csv: str | Path, budget: int, seed: int, out: str | Path) -> None:
+    """Round 0: a seeded uniform draw (every strategy starts from random labels, as in the paper)."""
+    pool = read_split_table(pool_csv)
+    if budget > len(pool):
+        raise ConfigError(f"schedule.budgets[0] = {budget} exceeds the pool of {len(pool)} images; lower it")
+    selected = round_rng(seed, 0).choice(len(pool), size=budget, replace=False)
+    write_selected(out, pool, selected, np.full(budget, np.nan))
+
+
+def label_round(
+    selected_csv: str | Path, pool_csv: str | Path, previous_csv: str | Path | None, round_index: int, out: str | Path
+) -> None:
+    """Ask the (simulated) oracle for the selected images' labels; append them to the labelled set."""
+    pool = read_split_table(pool_csv)
+    selected = read_selected(selected_csv, len(pool))
+    previous = read_labelled(previous_csv, len(pool)) if previous_csv else None
+    write_csv(out, label_selection(selected, pool, previous, round_index))

@@ -1,0 +1,58 @@
+"""Uncertainty sampling on the selection model's softmax (margin, least confidence, entropy).
+
+Scores are computed in float64 and probabilities are clipped to [1e-10, 1] before the log
+(LabelBench's clip): the official code's unclipped entropy turns an underflowed 0 into NaN and
+then queries those samples first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from asvp.errors import DataError
+from asvp.strategies.base import PoolState, Strategy, register
+
+
+def _probabilities(state: PoolState) -> np.ndarray:
+    if state.probabilities is None:
+        raise ValueError("uncertainty strategies need the selection model's probabilities")
+    probs = np.asarray(state.probabilities, dtype=np.float64)
+    if not np.isfinite(probs).all():
+        raise DataError("the selection model produced NaN/Inf probabilities; check the features and proxy settings")
+    return probs
+
+
+@register
+class Margin(Strategy):
+    """Smallest gap between the two most likely classes first (Scheffer et al. 2001)."""
+
+    name = "margin"
+    needs = frozenset({"probabilities"})
+
+    def score(self, state: PoolState, rng: np.random.Generator) -> np.ndarray:
+        probs = _probabilities(state)
+        top2 = np.partition(probs, -2, axis=1)[:, -2:]
+        return -(top2[:, 1] - top2[:, 0])
+
+
+@register
+class Confidence(Strategy):
+    """Least confident first: smallest maximum probability (Wang & Shang 2014)."""
+
+    name = "confidence"
+    needs = frozenset({"probabilities"})
+
+    def score(self, state: PoolState, rng: np.random.Generator) -> np.ndarray:
+        return -_probabilities(state).max(axis=1)
+
+
+@register
+class Entropy(Strategy):
+    """Highest predictive entropy first (natural log, clipped probabilities)."""
+
+    name = "entropy"
+    needs = frozenset({"probabilities"})
+
+    def score(self, state: PoolState, rng: np.random.Generator) -> np.ndarray:
+        probs = np.clip(_probabilities(state), 1e-10, 1.0)
+        return -(probs * np.log(probs)).sum(axis=1)

@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny fake Fashion-MNIST (IDX files) and the real one when installed."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """Write a uint8 array as an IDX file (gzip-compressed when the name ends in .gz)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    payload = header + array.tobytes()
+    path.write_bytes(gzip.compress(payload, compresslevel=1) if path.suffix == ".gz" else payload)
+    return path
+
+
+@pytest.fixture
+def fake_fashion_mnist(tmp_path: Path) -> Path:
+    """A Fashion-MNIST folder with 40 train / 20 test random 28x28 images, all 10 classes present."""
+    root = tmp_path / "fashion-mnist"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return root
+
+
+@pytest.fixture
+def real_fashion_mnist() -> Path:
+    """The Debian-installed Fashion-MNIST folder; skips (with the install command) when absent."""
+    if not (REAL_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
+    return REAL_FASHION_MNIST
