@@ -5,7 +5,9 @@
 #   round r>0  [svpp/asvp]      train_proxy on round r-1's features -> select_proxy -> label
 #              [standard]       select_standard with round r-1's fine-tuned model  -> label
 #              [random]         select_random                                      -> label
-#   every round                 finetune (FT or LP-FT) -> evaluate
+#   [asvp] after every round    decide (PED + LogME) -> refresh_features (fine-tune and
+#                               re-extract, or link the previous version)
+#   every round                 evaluate: fine-tune (FT or LP-FT; ASVP: as decided), test accuracy
 # then summarize -> results/{experiment}/summary.csv.
 # All logic lives in src/asvp; rules only wire files to `python -m asvp <step>`.
 
@@ -21,7 +23,7 @@ include: "rules/common.smk"
 include: "rules/features.smk"
 include: "rules/select.smk"
 include: "rules/proxy.smk"
-include: "rules/finetune.smk"
+include: "rules/decide.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 

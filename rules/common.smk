@@ -32,7 +32,6 @@ ASVP = (
 PROXY_METHODS = ("svpp", "asvp")
 STANDARD_METHODS = ("standard", "standard_lpft")
 UNSUPPORTED_METHODS = {
-    "asvp": "the ASVP refresh decision (LogME + PED) is not wired into the workflow yet",
     "activeft_pre": "ActiveFT(pre) needs the ActiveFT strategy, which is not implemented yet",
 }
 
@@ -91,5 +90,5 @@ def all_metrics():
 
 
 def train_recipe(wildcards):
-    """FT for everything but the LP-FT baseline (ASVP switches at run time once wired)."""
-    return "lpft" if wildcards.method == "standard_lpft" else "ft"
+    """FT by default; LP-FT for the LP-FT baseline; ASVP reads its round's decision at run time."""
+    return {"standard_lpft": "lpft", "asvp": "auto"}.get(wildcards.method, "ft")

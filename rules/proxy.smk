@@ -2,7 +2,9 @@
 
 
 def proxy_features(wildcards, r):
-    """Features the proxy of round r+1 reads: SVPp never refreshes them."""
+    """Features the proxy reads after round r: SVPp's never change, ASVP's follow its decisions."""
+    if wildcards.method == "asvp":
+        return round_file(wildcards, "features.h5", r)
     return rules.extract_pretrained.output[0]
 
 

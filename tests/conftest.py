@@ -32,9 +32,37 @@ def fake_fashion_mnist(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def real_fashion_mnist() -> Path:
     """The Debian-installed Fashion-MNIST folder; skips (with the install command) when absent."""
     if not (REAL_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
     return REAL_FASHION_MNIST
+
+
+@pytest.fixture
+def torch_single_thread():
+    """Run torch on one thread for the duration of a test, then restore the previous setting.
+
+    The unit tests use tensors of a few dozen rows: there OpenMP's thread synchronisation costs
+    far more than the arithmetic (a 16x8 BatchNorm takes ~25 ms on two threads of a busy machine
+    vs ~0.06 ms on one), and one thread also keeps float reductions in a fixed order.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def default_weights() -> Path:
+    """The packaged ImageNet MobileNetV2 weights; skips (with the install command) when absent."""
+    from asvp.backbones import default_checkpoint
+    from asvp.errors import CheckpointError
+
+    try:
+        return default_checkpoint()
+    except CheckpointError as exc:
+        pytest.skip(str(exc))

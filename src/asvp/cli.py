@@ -54,11 +54,24 @@ def run_command(args: argparse.Namespace) -> None:
             args.scores_out, features_path=args.features, proxy_path=args.proxy, model_path=args.model,
             config=_config(args),
         )
-    elif args.command == "finetune":
-        rounds.finetune(_config(args), args.recipe, args.pool, args.labelled, args.seed, args.out)
+    elif args.command == "decide":
+        from asvp.decision import decide
+
+        record = decide(
+            args.features, args.labelled, args.previous, args.round, _config(args)["decision"], args.seed, args.out
+        )
+        print(f"verdict {record['verdict']}: {record['reason']}")
+    elif args.command == "refresh-features":
+        refreshed = rounds.refresh_features(
+            _config(args), args.decision, args.pool, args.test, args.labelled, args.previous_features, args.seed, args.out
+        )
+        print("refreshed" if refreshed else "kept (linked to the previous features)")
     elif args.command == "evaluate":
-        accuracy = rounds.evaluate(_config(args), args.model, args.test, args.out)
-        print(f"accuracy {accuracy:.4f}")
+        recipe = rounds.recipe_for(args.recipe, args.decision)
+        accuracy = rounds.finetune_and_evaluate(
+            _config(args), recipe, args.pool, args.labelled, args.test, args.seed, args.model_out, args.out
+        )
+        print(f"{recipe} accuracy {accuracy:.4f}")
     else:  # pragma: no cover - argparse rejects unknown commands
         raise ValueError(args.command)
 
@@ -115,15 +128,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--previous", help="labelled set of the previous round (absent in round 0)")
     p.add_argument("--round", type=int, required=True)
 
-    p = add("finetune", "fine-tune the pre-trained backbone on the labelled set (FT or LP-FT)", config=True)
-    p.add_argument("--recipe", choices=["ft", "lpft"], required=True)
-    for name in ("--pool", "--labelled", "--out"):
+
+    p = add("decide", "ASVP: PED + LogME decision whether to refresh the features", config=True)
+    for name in ("--features", "--labelled", "--out"):
+        p.add_argument(name, required=True)
+    p.add_argument("--previous", help="previous round's decision.json (absent in round 0)")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--round", type=int, required=True)
+
+    p = add("refresh-features", "ASVP: fine-tune and re-extract, or link the previous features", config=True)
+    for name in ("--decision", "--pool", "--test", "--labelled", "--previous-features", "--out"):
         p.add_argument(name, required=True)
     p.add_argument("--seed", type=int, required=True)
 
-    p = add("evaluate", "test accuracy of a fine-tuned model", config=True)
-    for name in ("--model", "--test", "--out"):
+    p = add("evaluate", "fine-tune the pre-trained backbone on the labelled set, then test accuracy", config=True)
+    p.add_argument("--recipe", choices=["ft", "lpft", "auto"], required=True, help="auto: as decision.json says")
+    for name in ("--pool", "--labelled", "--test", "--model-out", "--out"):
         p.add_argument(name, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--decision", help="the round's decision.json (with --recipe auto)")
 
     p = add("summarize", "collect every round's metrics and timings into summary.csv")
     p.add_argument("--experiment-dir", required=True)

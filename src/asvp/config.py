@@ -69,9 +69,16 @@ def _describe(error: jsonschema.ValidationError, source: str) -> str:
             f"{error.validator_value}. Use one of those values."
         )
     if error.validator == "type":
+        hint = ""
+        if isinstance(error.instance, str):
+            try:
+                float(error.instance)
+                hint = " (YAML reads exponents without a sign as text: write 1.0e+6 or 1000000.0)"
+            except ValueError:
+                pass
         return (
             f"{source}: key '{where}' must be of type {error.validator_value}, "
-            f"got {error.instance!r}. Change the value in the config."
+            f"got {error.instance!r}{hint}. Change the value in the config."
         )
     if error.validator == "required":
         return f"{source}: {error.message} at '{where}'. Add it to the config."
@@ -113,11 +120,13 @@ def _check_consistency(config: dict[str, Any], source: str) -> None:
         ("finetune", config["finetune"], config["finetune"]["epochs"]),
         ("lpft", lpft, lpft["ft_epochs"]),
     ):
-        late = [m for m in recipe["milestones"] if m > epochs]
+        # The step schedule is stepped after each epoch, so milestone m lowers the lr from epoch
+        # m + 1 on: a milestone equal to the epoch count is as dead as one beyond it.
+        late = [m for m in recipe["milestones"] if m >= epochs]
         if late:
             raise ConfigError(
-                f"{source}: {recipe_name}.milestones {late} lie beyond its {epochs} epochs and would never "
-                "take effect. Remove them or raise the epochs."
+                f"{source}: {recipe_name}.milestones {late} lie at or beyond its {epochs} epochs and would "
+                "never take effect (milestone m lowers the lr from epoch m + 1). Remove them or raise the epochs."
             )
 
 

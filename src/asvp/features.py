@@ -175,3 +175,21 @@ def load_rows(path: str | Path, split: str, rows: np.ndarray | None = None) -> t
             "delete the file and rerun the extraction"
         )
     return features, labels.astype(np.int64)
+
+
+def link_features(previous: str | Path, out: str | Path) -> None:
+    """Reuse the previous round's features without copying gigabytes.
+
+    The link points at the real file (never at another link): a run of 40+ rounds without a
+    refresh would otherwise hit the kernel's symlink-chain limit (ELOOP). The link is relative,
+    so a moved results/ folder stays valid. Hardlinks are not used: Snakemake touches outputs,
+    which would change the shared inode's mtime and make earlier rounds look stale.
+    """
+    out = Path(out)
+    target = os.path.realpath(previous)
+    if not os.path.exists(target):
+        raise DataError(f"features file {previous} does not exist; rerun the workflow to recreate it")
+    tmp = out.with_name(f".{out.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(target, start=os.path.dirname(os.path.abspath(out))), tmp)
+    os.replace(tmp, out)

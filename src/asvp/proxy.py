@@ -62,7 +62,11 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
     order = torch.randperm(n, generator=generator)
     batches = list(order.split(batch_size))
     if len(batches) > 1 and len(batches[-1]) == 1:
-        batches[-2] = torch.cat([batches[-2], batches.pop()])
+        # Pop first, then extend the new last batch: `batches[-2] = cat([batches[-2], batches.pop()])`
+        # evaluates the pop before the assignment target, overwriting the wrong batch and
+        # dropping a whole batch of samples from every epoch.
+        last = batches.pop()
+        batches[-1] = torch.cat([batches[-1], last])
     return batches
 
 

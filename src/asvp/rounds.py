@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from asvp import features as feature_store
-from asvp.atomic import atomic_path, write_csv, write_json, write_npy
+from asvp.atomic import atomic_path, read_json, write_csv, write_json, write_npy
 from asvp.backbones import build_backbone, file_sha256, resolve_checkpoint
 from asvp.data import ImageDataset, build_transform, open_source
 from asvp.errors import ConfigError, DataError
@@ -206,6 +206,7 @@ def finetune(
     if int(labelled["label"].max()) >= num_classes:
         raise DataError(f"labels file {labelled_csv}: label {int(labelled['label'].max())} is outside 0..{num_classes - 1}")
     backbone, _ = _pretrained_backbone(config)
+    torch.manual_seed(seed)  # the new head's initialisation is part of "same seed, same model"
     model = Classifier(backbone, num_classes)
     recipe = recipe_from_config(recipe_kind, config)
     digest = hashlib.sha256(labelled[["pool_index", "label"]].to_numpy().tobytes()).hexdigest()
@@ -236,6 +237,21 @@ def finetune(
     return payload
 
 
+def finetune_and_evaluate(
+    config: dict[str, Any],
+    recipe_kind: str,
+    pool_csv: str | Path,
+    labelled_csv: str | Path,
+    test_csv: str | Path,
+    seed: int,
+    model_out: str | Path,
+    metrics_out: str | Path,
+) -> float:
+    """One evaluated round: fine-tune on the labelled set, then test accuracy (one job, one import)."""
+    finetune(config, recipe_kind, pool_csv, labelled_csv, seed, model_out)
+    return evaluate(config, model_out, test_csv, metrics_out)
+
+
 def load_finetuned(path: str | Path) -> Classifier:
     payload = torch.load(path, map_location="cpu", weights_only=False)
     model = Classifier(build_backbone(payload["arch"], None), payload["num_classes"])
@@ -256,3 +272,40 @@ def evaluate(config: dict[str, Any], model_path: str | Path, test_csv: str | Pat
     accuracy = float((probabilities.argmax(axis=1) == table["label"].to_numpy()).mean())
     write_json(out, {"accuracy": accuracy, "n_test": len(table), "n_labelled": payload["n_labelled"], "train_method": payload["recipe"]})
     return accuracy
+
+
+# --------------------------------------------------------------------------- ASVP feature refresh
+def refresh_features(
+    config: dict[str, Any],
+    decision_path: str | Path,
+    pool_csv: str | Path,
+    test_csv: str | Path,
+    labelled_csv: str | Path,
+    previous_features: str | Path,
+    seed: int,
+    out: str | Path,
+) -> bool:
+    """Apply a round's decision: fine-tune + re-extract when it says refresh, else link.
+
+    The fine-tune restarts from the pre-trained weights on the labels so far (paper sec. 5; the
+    official scripts likewise re-initialise every time) with the FT recipe, and is kept next to
+    the features as `refresh_model.pt` (its own epoch checkpoints make it resumable).
+    """
+    decision = read_json(decision_path)
+    if not decision["refresh_features"]:
+        feature_store.link_features(previous_features, out)
+        return False
+    model_path = Path(out).with_name("refresh_model.pt")
+    if not model_path.exists():
+        finetune(config, "ft", pool_csv, labelled_csv, seed, model_path)
+    extract(config, pool_csv, test_csv, out, model_path=model_path)
+    return True
+
+
+def recipe_for(recipe: str, decision_path: str | Path | None) -> str:
+    """'auto' (ASVP) takes the training method the round's decision chose."""
+    if recipe != "auto":
+        return recipe
+    if decision_path is None:
+        raise ValueError("recipe 'auto' needs the round's decision.json")
+    return str(read_json(decision_path)["train_method"])

@@ -119,7 +119,7 @@ def _train_one_epoch(
         optimizer.step()
         if stage.schedule == "cosine":
             scheduler.step()
-        total += float(loss) * len(labels)
+        total += float(loss.detach()) * len(labels)
         count += len(labels)
     if stage.schedule != "cosine":
         scheduler.step()

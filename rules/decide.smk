@@ -1,0 +1,75 @@
+# ASVP after every round (paper sec. 5, Figure 10): decide with PED + LogME whether the frozen
+# features have become the bottleneck, then either refresh them (fine-tune on the labels so far,
+# re-extract pool and test) or pass the previous version through as a link. Both rules exist in
+# every round, so the whole plan stays visible in `snakemake -n` (no checkpoints).
+
+
+def current_features(wildcards):
+    """Features in use during round r: the previous round's version, pre-trained in round 0."""
+    r = int(wildcards.r)
+    return rules.extract_pretrained.output[0] if r == 0 else round_file(wildcards, "features.h5", f"{r - 1:03d}")
+
+
+def decide_inputs(wildcards):
+    inputs = {"features": current_features(wildcards), "labelled": round_file(wildcards, "labelled.csv")}
+    if int(wildcards.r) > 0:
+        inputs["previous"] = round_file(wildcards, "decision.json", prev_round(wildcards))
+    return inputs
+
+
+def refresh_requested(input):
+    """Read the decision at scheduling time; before it exists, assume the expensive branch."""
+    try:
+        with open(input.decision) as handle:
+            return bool(json.load(handle)["refresh_features"])
+    except (OSError, KeyError, ValueError):
+        return True
+
+
+rule decide:
+    wildcard_constraints:
+        method="asvp",
+    input:
+        unpack(decide_inputs),
+    output:
+        ROUND + "/decision.json",
+    params:
+        cfg=cfg_json("decision"),
+        previous=lambda w, input: f"--previous {input.previous}" if "previous" in input.keys() else "",
+    threads: 2
+    log:
+        ROUND + "/logs/decide.log",
+    benchmark:
+        ROUND + "/benchmarks/decide.tsv"
+    shell:
+        "{ASVP} --threads {threads} decide --config-json {params.cfg} --features {input.features} "
+        "--labelled {input.labelled} {params.previous} --seed {wildcards.seed} --round {wildcards.r} "
+        "--out {output} > {log} 2>&1"
+
+
+rule refresh_features:
+    wildcard_constraints:
+        method="asvp",
+    input:
+        decision=ROUND + "/decision.json",
+        labelled=ROUND + "/labelled.csv",
+        previous=current_features,
+        pool=rules.define_pool.output.pool,
+        test=rules.define_pool.output.test,
+    output:
+        ROUND + "/features.h5",
+    params:
+        cfg=cfg_json("data", "backbone", "features", "finetune", "device"),
+    threads: 2
+    resources:
+        # Re-evaluated once decision.json exists: a pass-through round asks for no GPU.
+        gpu=lambda w, input: int(config["device"] == "cuda" and refresh_requested(input)),
+        runtime=lambda w, input: 1440 if refresh_requested(input) else 5,
+    log:
+        ROUND + "/logs/refresh_features.log",
+    benchmark:
+        ROUND + "/benchmarks/refresh_features.tsv"
+    shell:
+        "{ASVP} --threads {threads} refresh-features --config-json {params.cfg} --decision {input.decision} "
+        "--pool {input.pool} --test {input.test} --labelled {input.labelled} "
+        "--previous-features {input.previous} --seed {wildcards.seed} --out {output} > {log} 2>&1"

@@ -1,0 +1,188 @@
+"""Tests for asvp.config: schema validation, defaults, and messages that name the key and the fix."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from asvp.config import load_config, validate_config
+from asvp.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+MINIMAL = {"experiment": "unit"}
+
+
+def _assert_keeps_values(raw: dict, validated: dict, where: str = "") -> None:
+    """Every value the file sets survives validation unchanged (only absent keys are filled)."""
+    for key, value in raw.items():
+        assert key in validated, f"{where}{key}"
+        if isinstance(value, dict):
+            _assert_keeps_values(value, validated[key], f"{where}{key}.")
+        else:
+            assert validated[key] == value, f"{where}{key}"
+
+
+@pytest.mark.parametrize("relative", ["workflow_config.yaml", "tests/configs/tiny.yaml"])
+def test_shipped_configs_validate_and_keep_their_values(relative: str) -> None:
+    path = REPO / relative
+    config = load_config(path)
+    _assert_keeps_values(yaml.safe_load(path.read_text()), config)
+    assert config["proxy"]["lr"] > 0 and config["schedule"]["budgets"]
+    if config["data"]["pool_subset"] is not None:
+        assert sum(config["schedule"]["budgets"]) <= config["data"]["pool_subset"]
+
+
+def test_defaults_are_filled_for_absent_sections_and_keys() -> None:
+    config = validate_config({"experiment": "unit", "proxy": {"epochs": 3}})
+    assert config["proxy"]["epochs"] == 3
+    assert config["proxy"]["lr"] == 0.01  # paper appendix A, not the scripts' 0.1
+    assert config["proxy"]["nesterov"] is True
+    assert config["proxy"]["batch_size"] == 2048
+    # whole sections absent from the input come back complete, nested ones included
+    assert config["finetune"]["milestones"] == [20, 25]
+    assert config["decision"]["ped"]["nsigma"] == 0.6
+    assert config["data"]["dataset"] == "fashion_mnist"
+    assert config["seeds"] == [0]
+
+
+def test_filled_defaults_are_independent_copies() -> None:
+    first = validate_config(MINIMAL)
+    first["finetune"]["milestones"].append(99)
+    second = validate_config(MINIMAL)
+    assert second["finetune"]["milestones"] == [20, 25]
+
+
+def test_unknown_top_level_key_names_it_and_lists_allowed_keys() -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config({"experiment": "unit", "seedz": [1]})
+    message = str(info.value)
+    assert "'seedz'" in message
+    for allowed in ("experiment", "seeds", "proxy", "schedule"):
+        assert allowed in message
+
+
+def test_unknown_nested_key_names_its_path_and_lists_allowed_keys() -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config({"experiment": "unit", "proxy": {"lrr": 1}})
+    message = str(info.value)
+    assert "proxy.lrr" in message
+    for allowed in ("lr", "epochs", "weight_decay", "batch_size"):
+        assert allowed in message
+
+
+def test_wrong_type_names_the_key_path() -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config({"experiment": "unit", "proxy": {"lr": "abc"}})
+    message = str(info.value)
+    assert "proxy.lr" in message
+    assert "abc" in message
+
+
+def test_yaml_exponent_without_sign_read_as_text_gets_a_hint(tmp_path: Path) -> None:
+    # YAML 1.1 (PyYAML, Snakemake's loader) reads 1.0e6 as the string '1.0e6'
+    path = tmp_path / "exp.yaml"
+    path.write_text("experiment: unit\ndecision:\n  threshold: 1.0e6\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "decision.threshold" in str(info.value) and "1.0e+6" in str(info.value)
+    path.write_text("experiment: unit\ndecision:\n  threshold: 1.0e+6\n")
+    assert load_config(path)["decision"]["threshold"] == 1.0e6
+
+
+def test_bad_enum_value_lists_the_allowed_values() -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config({"experiment": "unit", "backbone": {"arch": "vgg16"}})
+    message = str(info.value)
+    assert "backbone.arch" in message and "vgg16" in message
+    for allowed in ("mobilenet_v2", "resnet18", "resnet50"):
+        assert allowed in message
+
+
+def test_bad_enum_value_inside_a_list_names_the_item() -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config({"experiment": "unit", "strategies": ["margin", "badgee"]})
+    message = str(info.value)
+    assert "strategies.1" in message and "badgee" in message and "entropy" in message
+
+
+def test_source_is_named_in_the_message() -> None:
+    with pytest.raises(ConfigError, match="my_config.yaml"):
+        validate_config({"experiment": "unit", "nope": 1}, source="my_config.yaml")
+
+
+def test_missing_required_experiment_raises() -> None:
+    with pytest.raises(ConfigError, match="experiment"):
+        validate_config({"seeds": [0]})
+
+
+def test_budgets_summing_above_the_pool_subset_raise() -> None:
+    config = {"experiment": "unit", "data": {"pool_subset": 100}, "schedule": {"budgets": [50, 40, 20]}}
+    with pytest.raises(ConfigError) as info:
+        validate_config(config)
+    message = str(info.value)
+    assert "110" in message and "pool_subset" in message and "100" in message
+    config["schedule"]["budgets"] = [50, 50]
+    assert validate_config(config)["schedule"]["budgets"] == [50, 50]  # exactly the pool is fine
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "key"),
+    [
+        ("finetune", {"epochs": 10, "milestones": [5, 12]}, "finetune.milestones"),
+        ("lpft", {"ft_epochs": 4, "milestones": [6]}, "lpft.milestones"),
+        # the lr steps after each epoch, so a milestone at the last epoch never affects training either
+        ("finetune", {"epochs": 10, "milestones": [10]}, "finetune.milestones"),
+        ("lpft", {"ft_epochs": 4, "milestones": [2, 4]}, "lpft.milestones"),
+    ],
+)
+def test_milestones_beyond_the_epochs_raise(section: str, values: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate_config({"experiment": "unit", section: values})
+
+
+def test_milestones_within_the_epochs_are_accepted() -> None:
+    config = validate_config({"experiment": "unit", "finetune": {"epochs": 10, "milestones": [5, 9]}})
+    assert config["finetune"]["milestones"] == [5, 9]
+
+
+def test_dataset_that_needs_a_root_without_one_raises() -> None:
+    with pytest.raises(ConfigError, match="data.root"):
+        validate_config({"experiment": "unit", "data": {"dataset": "imagefolder"}})
+
+
+def test_validate_config_does_not_mutate_its_input() -> None:
+    raw = {"experiment": "unit", "proxy": {"epochs": 3}, "schedule": {"budgets": [5, 5]}}
+    snapshot = copy.deepcopy(raw)
+    validate_config(raw)
+    assert raw == snapshot
+
+
+def test_missing_config_file_names_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.yaml"
+    with pytest.raises(ConfigError, match="nowhere.yaml"):
+        load_config(missing)
+
+
+def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("experiment: unit\nproxy: {lr: [0.1\n")
+    with pytest.raises(ConfigError, match="broken.yaml"):
+        load_config(broken)
+
+
+def test_non_mapping_yaml_names_the_file(tmp_path: Path) -> None:
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- experiment\n- unit\n")
+    with pytest.raises(ConfigError, match="list.yaml"):
+        load_config(listing)
+
+
+def test_load_config_reports_errors_with_the_file_name(tmp_path: Path) -> None:
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump({"experiment": "unit", "proxy": {"lrr": 1}}))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "typo.yaml" in str(info.value) and "proxy.lrr" in str(info.value)

@@ -1,0 +1,222 @@
+"""Tests for asvp.features: resumable, atomic feature extraction into HDF5, and its readers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from asvp.errors import DataError
+from asvp.features import SplitInput, extract_features, load_rows, open_features, partial_path, read_attrs
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+POOL_ROWS, TEST_ROWS, DIM = 20, 6, 5
+BATCH, CHUNK = 4, 8  # pool: chunks of rows 0-7, 8-15, 16-19; forward calls 1-2, 3-4, 5; test: 6-7
+ATTRS = {"backbone": "tiny", "checkpoint": None, "resolution": 4}
+
+
+class Interrupted(RuntimeError):
+    """Stands in for a killed job."""
+
+
+class TinyImages(Dataset):
+    """Deterministic 3x4x4 'images' yielding (image, label, position), like the real datasets."""
+
+    def __init__(self, n: int, offset: int) -> None:
+        generator = torch.Generator().manual_seed(offset)
+        self.images = torch.randn(n, 3, 4, 4, generator=generator)
+        self.labels = (torch.arange(n) + offset) % 3
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int, int]:
+        return self.images[position], int(self.labels[position]), position
+
+
+class CountingBackbone(nn.Module):
+    """A linear 'backbone' with `feature_dim`, counting forward calls, optionally failing on one."""
+
+    feature_dim = DIM
+
+    def __init__(self, fail_on_call: int | None = None, nan: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(48, DIM)
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+        self.nan = nan
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise Interrupted(f"killed during forward call {self.calls}")
+        out = self.linear(images.reshape(len(images), -1))
+        return out * float("nan") if self.nan else out
+
+
+def _splits() -> dict[str, SplitInput]:
+    splits = {}
+    for name, n, offset in (("pool", POOL_ROWS, 0), ("test", TEST_ROWS, 1)):
+        dataset = TinyImages(n, offset)
+        splits[name] = SplitInput(dataset, dataset.labels.numpy().astype(np.int64), [f"{name}{i}" for i in range(n)])
+    return splits
+
+
+def _extract(model: nn.Module, out: Path, attrs: dict | None = None, dtype: str = "float32") -> None:
+    extract_features(model, _splits(), out, attrs=ATTRS if attrs is None else attrs, dtype=dtype, batch_size=BATCH, chunk_rows=CHUNK)
+
+
+def _read(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as handle:
+        return {f"{s}/{k}": handle[s][k][()] for s in ("pool", "test") for k in ("features", "labels", "sample_ids")}
+
+
+@pytest.fixture
+def reference(tmp_path: Path) -> Path:
+    """An uninterrupted extraction to compare against."""
+    out = tmp_path / "reference" / "features.h5"
+    model = CountingBackbone()
+    _extract(model, out)
+    assert model.calls == 7
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_extraction_writes_both_splits_with_labels_ids_and_attrs(tmp_path: Path, dtype: str) -> None:
+    out = tmp_path / "features.h5"
+    _extract(CountingBackbone(), out, dtype=dtype)
+    splits = _splits()
+    model = CountingBackbone()
+    with h5py.File(out, "r") as handle:
+        assert handle.attrs["complete"]
+        assert handle.attrs["feature_dim"] == DIM
+        assert handle.attrs["dtype"] == dtype
+        assert handle.attrs["backbone"] == "tiny" and handle.attrs["resolution"] == 4
+        assert handle.attrs["checkpoint"] == ""  # None is stored as an empty string
+        for name, n in (("pool", POOL_ROWS), ("test", TEST_ROWS)):
+            group = handle[name]
+            assert group["features"].shape == (n, DIM)
+            assert group["features"].dtype == np.dtype(dtype)
+            assert group.attrs["rows_done"] == n
+            np.testing.assert_array_equal(group["labels"][()], splits[name].labels)
+            assert [s.decode() for s in group["sample_ids"][()]] == splits[name].sample_ids
+            with torch.no_grad():
+                expected = model(splits[name].dataset.images).numpy().astype(dtype)
+            np.testing.assert_allclose(group["features"][()], expected, rtol=1e-3 if dtype == "float16" else 1e-6, atol=1e-6)
+    assert not partial_path(out).exists()
+    assert read_attrs(out)["feature_dim"] == DIM
+
+
+def test_a_killed_extraction_leaves_only_a_partial_file_with_the_finished_chunk(tmp_path: Path) -> None:
+    out = tmp_path / "features.h5"
+    with pytest.raises(Interrupted):
+        _extract(CountingBackbone(fail_on_call=3), out)  # call 3 = first batch of the second chunk
+    assert not out.exists()
+    assert partial_path(out).exists()
+    with h5py.File(partial_path(out), "r") as handle:
+        assert handle["pool"].attrs["rows_done"] == CHUNK
+        assert "test" not in handle
+        assert not handle.attrs.get("complete", False)
+
+
+def test_rerun_resumes_after_the_last_chunk_and_matches_an_uninterrupted_run(tmp_path: Path, reference: Path) -> None:
+    out = tmp_path / "features.h5"
+    with pytest.raises(Interrupted):
+        _extract(CountingBackbone(fail_on_call=3), out)
+    resumed = CountingBackbone()
+    _extract(resumed, out)
+    # 12 remaining pool rows (3 batches) + 6 test rows (2 batches): the first chunk is not recomputed
+    assert resumed.calls == 5
+    assert out.exists() and not partial_path(out).exists()
+    got, want = _read(out), _read(reference)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_resume_also_works_when_killed_in_the_second_split(tmp_path: Path, reference: Path) -> None:
+    out = tmp_path / "features.h5"
+    with pytest.raises(Interrupted):
+        _extract(CountingBackbone(fail_on_call=7), out)  # second batch of the test split
+    resumed = CountingBackbone()
+    _extract(resumed, out)
+    assert resumed.calls == 2  # the test split restarts at its only chunk; the pool is done
+    got, want = _read(out), _read(reference)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_a_partial_file_written_with_other_settings_is_discarded(tmp_path: Path, reference: Path) -> None:
+    out = tmp_path / "features.h5"
+    with pytest.raises(Interrupted):
+        _extract(CountingBackbone(fail_on_call=3), out, attrs={**ATTRS, "backbone": "other"})
+    fresh = CountingBackbone()
+    _extract(fresh, out)
+    assert fresh.calls == 7  # everything recomputed
+    assert read_attrs(out)["backbone"] == "tiny"
+    np.testing.assert_array_equal(_read(out)["pool/features"], _read(reference)["pool/features"])
+
+
+def test_a_torn_partial_file_is_discarded(tmp_path: Path, reference: Path) -> None:
+    out = tmp_path / "features.h5"
+    partial_path(out).write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 40)
+    fresh = CountingBackbone()
+    _extract(fresh, out)
+    assert fresh.calls == 7
+    np.testing.assert_array_equal(_read(out)["test/features"], _read(reference)["test/features"])
+
+
+def test_nan_features_raise_and_leave_no_final_file(tmp_path: Path) -> None:
+    out = tmp_path / "features.h5"
+    with pytest.raises(DataError, match="NaN/Inf features for pool rows 0..7"):
+        _extract(CountingBackbone(nan=True), out)
+    assert not out.exists()
+
+
+def test_load_rows_returns_rows_in_the_requested_order(reference: Path) -> None:
+    everything = _read(reference)
+    rows = np.array([17, 2, 9, 0, 19, 5])
+    features, labels = load_rows(reference, "pool", rows)
+    assert features.dtype == np.float32 and labels.dtype == np.int64
+    np.testing.assert_array_equal(features, everything["pool/features"][rows])
+    np.testing.assert_array_equal(labels, everything["pool/labels"][rows])
+    all_features, all_labels = load_rows(reference, "test")
+    np.testing.assert_array_equal(all_features, everything["test/features"])
+    np.testing.assert_array_equal(all_labels, everything["test/labels"])
+
+
+def test_load_rows_refuses_nan_rows(reference: Path) -> None:
+    with h5py.File(reference, "a") as handle:
+        handle["pool"]["features"][4] = np.nan
+    with pytest.raises(DataError, match="NaN or Inf"):
+        load_rows(reference, "pool", np.array([4, 1]))
+
+
+def test_open_features_on_a_missing_file_names_it(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="nothing.h5 does not exist"):
+        open_features(tmp_path / "nothing.h5")
+
+
+def test_open_features_on_garbage_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.h5"
+    path.write_bytes(b"this is not hdf5" * 10)
+    with pytest.raises(DataError, match="garbage.h5 is not a readable HDF5 file"):
+        open_features(path)
+
+
+def test_open_features_on_an_incomplete_file_names_it(tmp_path: Path) -> None:
+    out = tmp_path / "features.h5"
+    with pytest.raises(Interrupted):
+        _extract(CountingBackbone(fail_on_call=3), out)
+    incomplete = tmp_path / "renamed.h5"
+    partial_path(out).rename(incomplete)
+    with pytest.raises(DataError, match="renamed.h5 is incomplete"):
+        open_features(incomplete)
+    with pytest.raises(DataError, match="renamed.h5 is incomplete"):
+        load_rows(incomplete, "pool", np.array([0]))

@@ -1,0 +1,182 @@
+"""Tests for asvp.proxy: the MLP proxy (paper sec. 6.1) and its training recipe (official mode 0)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import asvp.proxy
+from asvp.errors import DataError
+from asvp.proxy import ProxyMLP, ProxyRecipe, _batches, load_proxy, proxy_outputs, save_proxy, train_proxy
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+FAST = ProxyRecipe(epochs=3, lr=0.05, batch_size=16, inference_batch_size=7)
+
+
+def _blobs(n_per_class: int = 20, dim: int = 8, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Well-separated Gaussian blobs: class c is centred at 6 * e_c."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(classes), n_per_class)
+    centres = 6.0 * np.eye(classes, dim)
+    features = centres[labels] + rng.normal(size=(len(labels), dim))
+    return features.astype(np.float32), labels.astype(np.int64)
+
+
+def _weights(model: nn.Module) -> list[torch.Tensor]:
+    return [t.detach().clone() for t in model.state_dict().values()]
+
+
+def test_architecture_is_linear_batchnorm_relu_linear_with_hidden_equal_to_feature_dim() -> None:
+    model = ProxyMLP(12, 5)
+    layers = list(model.hidden) + [model.classifier]
+    assert [type(layer) for layer in layers] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert (layers[0].in_features, layers[0].out_features) == (12, 12)
+    assert layers[1].num_features == 12
+    assert (layers[3].in_features, layers[3].out_features) == (12, 5)
+    x = torch.randn(4, 12)
+    model.eval()
+    assert model.embed(x).shape == (4, 12)
+    assert (model.embed(x) >= 0).all()  # post-ReLU embedding
+    assert torch.equal(model(x), model.classifier(model.embed(x)))
+
+
+def test_training_is_bit_identical_for_the_same_seed_and_differs_for_another() -> None:
+    features, labels = _blobs()
+    first = _weights(train_proxy(features, labels, 3, FAST, seed=4))
+    again = _weights(train_proxy(features, labels, 3, FAST, seed=4))
+    other = _weights(train_proxy(features, labels, 3, FAST, seed=5))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
+
+def test_labelled_set_of_size_one_mod_batch_size_trains() -> None:
+    # 33 = 2 * 16 + 1: the official code's last batch of one sample crashes BatchNorm.
+    features, labels = _blobs(n_per_class=11)
+    assert len(features) % FAST.batch_size == 1
+    model = train_proxy(features, labels, 3, FAST, seed=0)
+    assert not model.training
+
+
+def test_batches_merge_a_trailing_single_sample_and_cover_every_row_once() -> None:
+    batches = _batches(33, 16, torch.Generator().manual_seed(0))
+    assert [len(b) for b in batches] == [16, 17]
+    assert sorted(torch.cat(batches).tolist()) == list(range(33))
+    assert [len(b) for b in _batches(34, 16, torch.Generator().manual_seed(0))] == [16, 16, 2]
+    assert [len(b) for b in _batches(1, 16, torch.Generator().manual_seed(0))] == [1]
+
+
+def test_proxy_learns_separable_blobs() -> None:
+    features, labels = _blobs(n_per_class=30)
+    model = train_proxy(features, labels, 3, ProxyRecipe(epochs=20, lr=0.05, batch_size=16), seed=0)
+    probs, _ = proxy_outputs(model, features, np.arange(len(features)), batch_size=64)
+    assert (probs.argmax(axis=1) == labels).mean() >= 0.95
+
+
+def test_lr_follows_the_per_step_cosine_7_16_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lr seen by each optimizer step is base * cos(pi * 7/16 * step / total); it ends near 0.195x."""
+    seen: list[float] = []
+    optimizers: list[torch.optim.Optimizer] = []
+
+    class RecordingSGD(torch.optim.SGD):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            optimizers.append(self)
+
+        def step(self, closure=None):  # type: ignore[no-untyped-def]
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    monkeypatch.setattr(asvp.proxy.torch.optim, "SGD", RecordingSGD)
+    features, labels = _blobs(n_per_class=11)  # 33 rows, batch 16 -> 2 steps per epoch (merged tail)
+    recipe = ProxyRecipe(epochs=4, lr=0.2, batch_size=16)
+    train_proxy(features, labels, 3, recipe, seed=0)
+    total = 4 * 2
+    expected = [0.2 * math.cos(math.pi * 7 / 16 * step / total) for step in range(total)]
+    assert seen == pytest.approx(expected, rel=1e-12)
+    group = optimizers[0].param_groups[0]
+    assert group["lr"] == pytest.approx(0.2 * math.cos(7 * math.pi / 16), rel=1e-12)
+    assert group["lr"] / 0.2 == pytest.approx(0.195, abs=1e-3)
+    assert group["momentum"] == 0.9 and group["nesterov"] is True and group["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_features_raise(bad: float) -> None:
+    features, labels = _blobs()
+    features[7, 2] = bad
+    with pytest.raises(DataError, match="NaN or Inf"):
+        train_proxy(features, labels, 3, FAST, seed=0)
+
+
+def test_fewer_than_two_labelled_samples_raise() -> None:
+    features, labels = _blobs()
+    with pytest.raises(DataError, match="at least 2"):
+        train_proxy(features[:1], labels[:1], 3, FAST, seed=0)
+
+
+def test_proxy_outputs_on_nan_pool_features_raise() -> None:
+    features, labels = _blobs()
+    model = train_proxy(features, labels, 3, FAST, seed=0)
+    pool = features.copy()
+    pool[3] = np.nan
+    with pytest.raises(DataError):
+        proxy_outputs(model, pool, np.arange(len(pool)), batch_size=8)
+
+
+def test_probabilities_sum_to_one_and_embeddings_have_the_hidden_width() -> None:
+    features, labels = _blobs()
+    model = train_proxy(features, labels, 3, FAST, seed=0)
+    probs, embeds = proxy_outputs(model, features, np.arange(len(features)), batch_size=7, want_embeddings=True)
+    assert probs.shape == (len(features), 3) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    assert (probs >= 0).all()
+    assert embeds is not None and embeds.shape == (len(features), features.shape[1])
+    _, none = proxy_outputs(model, features, np.arange(5), batch_size=7)
+    assert none is None
+
+
+def test_proxy_outputs_from_hdf5_with_unsorted_rows_match_in_memory_order(tmp_path: Path) -> None:
+    features, labels = _blobs()
+    model = train_proxy(features, labels, 3, FAST, seed=0)
+    rows = np.array([41, 3, 17, 0, 59, 22, 8, 35, 1, 50, 12], dtype=np.int64)
+    with h5py.File(tmp_path / "f.h5", "w") as handle:
+        handle.create_dataset("features", data=features)
+    with h5py.File(tmp_path / "f.h5", "r") as handle:
+        from_disk, disk_embeds = proxy_outputs(model, handle["features"], rows, batch_size=4, want_embeddings=True)
+    in_memory, memory_embeds = proxy_outputs(model, features, rows, batch_size=4, want_embeddings=True)
+    np.testing.assert_array_equal(from_disk, in_memory)
+    np.testing.assert_array_equal(disk_embeds, memory_embeds)
+    # each row is the proxy's output on exactly that feature row, in the requested order
+    with torch.no_grad():
+        direct = torch.softmax(model(torch.as_tensor(features[rows])), dim=1).numpy()
+    np.testing.assert_allclose(from_disk, direct, rtol=1e-5, atol=1e-6)
+
+
+def test_save_and_load_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
+    features, labels = _blobs()
+    model = train_proxy(features, labels, 3, FAST, seed=0)
+    path = tmp_path / "proxy.pt"
+    save_proxy(model, path, FAST, {"round": 2})
+    loaded = load_proxy(path)
+    assert not loaded.training
+    rows = np.arange(len(features))
+    original, _ = proxy_outputs(model, features, rows, batch_size=16)
+    reloaded, _ = proxy_outputs(loaded, features, rows, batch_size=16)
+    np.testing.assert_array_equal(original, reloaded)
+    payload = torch.load(path, weights_only=True)
+    assert payload["recipe"]["lr"] == FAST.lr and payload["round"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["proxy.pt"]  # no temp file left behind
+
+
+def test_recipe_from_config_accepts_the_validated_proxy_section() -> None:
+    from asvp.config import validate_config
+
+    config = validate_config({"experiment": "unit", "proxy": {"epochs": 7}})
+    recipe = ProxyRecipe.from_config(config["proxy"])
+    assert recipe == ProxyRecipe(epochs=7)

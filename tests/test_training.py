@@ -1,0 +1,288 @@
+"""Tests for asvp.training: the one loop behind FT, LP-FT and the feature refresh."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from asvp.config import validate_config
+from asvp.errors import DataError
+from asvp.training import Classifier, Stage, TrainRecipe, predict, recipe_fingerprint, recipe_from_config, train
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+CPU = torch.device("cpu")
+NUM_CLASSES = 3
+
+
+class Interrupted(RuntimeError):
+    """Stands in for a killed job."""
+
+
+class TinyBackbone(nn.Module):
+    """Conv -> ReLU -> pool -> Linear -> BatchNorm1d: pooled (B, D) features with BatchNorm statistics.
+
+    The BatchNorm1d acts on (B, D), so a training batch of one sample raises, as in real backbones.
+    """
+
+    feature_dim = 6
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.proj = nn.Linear(4, self.feature_dim)
+        self.norm = nn.BatchNorm1d(self.feature_dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.conv(images))).flatten(1)
+        return self.norm(self.proj(x))
+
+
+class TinyImages(Dataset):
+    """(image, label, position) like the real datasets; random flips stand in for augmentation.
+
+    `fail_at_fetch` raises on that (1-based) item fetch, to kill training mid-run; `fetches`
+    counts item reads so a resumed run can prove which epochs it recomputed.
+    """
+
+    def __init__(self, n: int, fail_at_fetch: int | None = None) -> None:
+        generator = torch.Generator().manual_seed(n)
+        self.labels = torch.arange(n) % NUM_CLASSES
+        self.images = torch.randn(n, 3, 5, 5, generator=generator) + self.labels.view(-1, 1, 1, 1).float()
+        self.fail_at_fetch = fail_at_fetch
+        self.fetches = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int, int]:
+        self.fetches += 1
+        if self.fetches == self.fail_at_fetch:
+            raise Interrupted(f"killed at item fetch {self.fetches}")
+        image = self.images[position]
+        if torch.rand(()) < 0.5:  # uses the global torch RNG, as torchvision transforms do
+            image = image.flip(-1)
+        return image, int(self.labels[position]), position
+
+
+def _model(seed: int = 0) -> Classifier:
+    torch.manual_seed(seed)
+    return Classifier(TinyBackbone(), NUM_CLASSES)
+
+
+def _recipe(kind: str = "ft", batch_size: int = 4) -> TrainRecipe:
+    lp = Stage("lp", 2, None, 0.5, 0.0, "cosine")
+    ft = Stage("ft", 3, 0.05, 0.1, 1e-4, "step", (2,))
+    return TrainRecipe(kind, (lp, ft) if kind == "lpft" else (ft,), batch_size)
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def _train(model: Classifier, dataset: Dataset, recipe: TrainRecipe, checkpoint: Path, fingerprint: str = "fp", seed: int = 0) -> list:
+    return train(model, dataset, recipe, seed=seed, device=CPU, checkpoint=checkpoint, fingerprint=fingerprint, log=lambda _: None)
+
+
+# --- recipes -------------------------------------------------------------------------------------
+
+
+def test_ft_recipe_from_config() -> None:
+    config = validate_config(
+        {"experiment": "unit", "finetune": {"epochs": 12, "batch_size": 32, "lr_backbone": 0.05, "milestones": [6, 9]}}
+    )
+    recipe = recipe_from_config("ft", config)
+    assert recipe.kind == "ft" and recipe.batch_size == 32
+    assert recipe.momentum == 0.9 and recipe.nesterov is True
+    assert recipe.stages == (Stage("ft", 12, 0.05, 0.1, 1e-4, "step", (6, 9)),)
+
+
+def test_lpft_recipe_from_config_has_an_lp_stage_then_an_ft_stage() -> None:
+    config = validate_config(
+        {
+            "experiment": "unit",
+            "finetune": {"batch_size": 16},
+            "lpft": {"lp_epochs": 4, "lp_lr": 2.0, "ft_epochs": 6, "lr_backbone": 0.001, "lr_head": 0.2, "milestones": [5]},
+        }
+    )
+    recipe = recipe_from_config("lpft", config)
+    assert recipe.kind == "lpft" and recipe.batch_size == 16
+    lp, ft = recipe.stages
+    assert lp == Stage("lp", 4, None, 2.0, 0.0, "cosine")  # backbone frozen, per-step cosine
+    assert ft == Stage("ft", 6, 0.001, 0.2, 0.0, "step", (5,))
+
+
+def test_unknown_recipe_kind_raises() -> None:
+    with pytest.raises(ValueError, match="lp-ft"):
+        recipe_from_config("lp-ft", validate_config({"experiment": "unit"}))
+
+
+# --- what each stage trains ----------------------------------------------------------------------
+
+
+def test_linear_probe_leaves_the_backbone_and_its_batchnorm_statistics_unchanged(tmp_path: Path) -> None:
+    model = _model()
+    before = _state(model)
+    recipe = TrainRecipe("lp", (Stage("lp", 2, None, 0.5, 0.0, "cosine"),), 4)
+    _train(model, TinyImages(10), recipe, tmp_path / "ckpt.pt")
+    after = _state(model)
+    backbone_keys = [k for k in before if k.startswith("backbone.")]
+    assert "backbone.norm.running_mean" in backbone_keys and "backbone.norm.num_batches_tracked" in backbone_keys
+    for key in backbone_keys:
+        assert torch.equal(before[key], after[key]), key
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen again for later use
+
+
+def test_fine_tuning_changes_the_backbone_and_its_statistics(tmp_path: Path) -> None:
+    model = _model()
+    before = _state(model)
+    _train(model, TinyImages(10), _recipe("ft"), tmp_path / "ckpt.pt")
+    after = _state(model)
+    assert not torch.equal(before["backbone.conv.weight"], after["backbone.conv.weight"])
+    assert not torch.equal(before["backbone.norm.running_mean"], after["backbone.norm.running_mean"])
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+    assert not model.training
+
+
+def test_training_is_bit_identical_for_the_same_seed(tmp_path: Path) -> None:
+    first, second, other = _model(), _model(), _model()
+    history = _train(first, TinyImages(10), _recipe("lpft"), tmp_path / "a.pt", seed=3)
+    assert [(h["stage"], h["epoch"]) for h in history] == [("lp", 1), ("lp", 2), ("ft", 1), ("ft", 2), ("ft", 3)]
+    _train(second, TinyImages(10), _recipe("lpft"), tmp_path / "b.pt", seed=3)
+    _assert_same(_state(first), _state(second))
+    _train(other, TinyImages(10), _recipe("lpft"), tmp_path / "c.pt", seed=4)
+    assert not torch.equal(_state(first)["head.weight"], _state(other)["head.weight"])
+
+
+def test_a_milestone_lowers_the_lr_from_the_following_epoch(tmp_path: Path) -> None:
+    """Milestone m decays the lr after epoch m; so m == epochs never changes training (see config checks)."""
+
+    def run(milestones: tuple[int, ...], name: str) -> dict[str, torch.Tensor]:
+        model = _model()
+        recipe = TrainRecipe("ft", (Stage("ft", 3, 0.05, 0.1, 0.0, "step", milestones),), 4)
+        _train(model, TinyImages(10), recipe, tmp_path / f"{name}.pt")
+        return _state(model)
+
+    none = run((), "none")
+    _assert_same(none, run((3,), "at_end"))
+    assert not torch.equal(none["head.weight"], run((2,), "before_end")["head.weight"])
+
+
+# --- kill and resume -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kill_epoch", "epochs_left"),
+    [
+        (2, 4),  # killed in LP epoch 2: resume mid-LP with its optimizer and cosine schedule
+        (3, 3),  # killed in FT epoch 1: resume at the stage boundary (head carried over from LP)
+        (4, 2),  # killed in FT epoch 2: resume mid-FT with momentum and the step schedule
+    ],
+)
+def test_resumed_training_equals_an_uninterrupted_run_bit_for_bit(tmp_path: Path, kill_epoch: int, epochs_left: int) -> None:
+    n = 10
+    reference = _model()
+    reference_history = _train(reference, TinyImages(n), _recipe("lpft"), tmp_path / "reference.pt")
+
+    checkpoint = tmp_path / "ckpt.pt"
+    killed = TinyImages(n, fail_at_fetch=(kill_epoch - 1) * n + 6)  # mid-epoch, after one optimizer step
+    with pytest.raises(Interrupted):
+        _train(_model(), killed, _recipe("lpft"), checkpoint)
+    assert checkpoint.exists()
+
+    restarted = _model()  # a new process rebuilds the model from the pre-trained weights
+    data = TinyImages(n)
+    history = _train(restarted, data, _recipe("lpft"), checkpoint)
+    assert data.fetches == epochs_left * n  # the finished epochs are not recomputed
+    assert history == reference_history
+    _assert_same(_state(restarted), _state(reference))
+
+
+def test_a_checkpoint_with_another_fingerprint_is_ignored(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "ckpt.pt"
+    _train(_model(seed=1), TinyImages(10), _recipe("ft"), checkpoint, fingerprint="other labelled set")
+    model, data = _model(), TinyImages(10)
+    _train(model, data, _recipe("ft"), checkpoint, fingerprint="this labelled set")
+    assert data.fetches == 3 * 10  # trained from scratch
+    fresh = _model()
+    _train(fresh, TinyImages(10), _recipe("ft"), tmp_path / "fresh.pt", fingerprint="this labelled set")
+    _assert_same(_state(model), _state(fresh))
+
+
+def test_a_finished_checkpoint_resumes_to_the_same_weights_without_training(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "ckpt.pt"
+    first = _model()
+    _train(first, TinyImages(10), _recipe("ft"), checkpoint)
+    again, data = _model(), TinyImages(10)
+    _train(again, data, _recipe("ft"), checkpoint)
+    assert data.fetches == 0
+    _assert_same(_state(first), _state(again))
+
+
+def test_recipe_fingerprint_depends_on_recipe_seed_and_labelled_set() -> None:
+    base = recipe_fingerprint(_recipe("ft"), 0, "labels-a")
+    assert base == recipe_fingerprint(_recipe("ft"), 0, "labels-a")
+    assert base != recipe_fingerprint(_recipe("lpft"), 0, "labels-a")
+    assert base != recipe_fingerprint(_recipe("ft"), 1, "labels-a")
+    assert base != recipe_fingerprint(_recipe("ft"), 0, "labels-b")
+
+
+# --- edge cases ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["ft", "lpft"])
+def test_a_dataset_of_one_more_than_whole_batches_trains(tmp_path: Path, kind: str) -> None:
+    # 9 = 2 * 4 + 1: without the guard the last training batch holds one sample and BatchNorm1d raises
+    history = _train(_model(), TinyImages(9), _recipe(kind), tmp_path / "ckpt.pt")
+    assert all(np.isfinite(h["loss"]) for h in history)
+
+
+def test_fewer_than_two_samples_raise(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="at least 2"):
+        _train(_model(), TinyImages(1), _recipe("ft"), tmp_path / "ckpt.pt")
+
+
+def test_a_diverging_loss_raises(tmp_path: Path) -> None:
+    recipe = TrainRecipe("ft", (Stage("ft", 2, 1e30, 1e30, 0.0, "step"),), 4)
+    with pytest.raises(DataError, match="lower the learning rates"):
+        _train(_model(), TinyImages(10), recipe, tmp_path / "ckpt.pt")
+
+
+def test_predict_returns_probabilities_and_features_in_dataset_order(tmp_path: Path) -> None:
+    model = _model()
+    _train(model, TinyImages(10), _recipe("ft"), tmp_path / "ckpt.pt")
+    data = TinyImages(7)
+    probs, feats = predict(model, _Unaugmented(data), batch_size=3, device=CPU)
+    assert probs.shape == (7, NUM_CLASSES) and probs.dtype == np.float32
+    assert feats.shape == (7, TinyBackbone.feature_dim) and feats.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    assert not model.training
+    with torch.no_grad():
+        direct = model.backbone(data.images)
+        direct_probs = torch.softmax(model.head(direct), 1)
+    np.testing.assert_allclose(feats, direct.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probs, direct_probs.numpy(), rtol=1e-5, atol=1e-6)
+
+
+class _Unaugmented(Dataset):
+    def __init__(self, data: TinyImages) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int, int]:
+        return self.data.images[position], int(self.data.labels[position]), position

@@ -1,0 +1,145 @@
+"""End-to-end: the real Snakefile on the tiny config (a few hundred real images, 3 rounds).
+
+One full run is shared by the tests in this module (it is the expensive part); the other tests
+are dry-runs against it or small runs of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+METHODS = {"random", "standard", "standard_lpft", "svpp", "asvp"}
+
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(workdir: Path, *extra: str, configfiles: tuple[Path, ...] = (TINY,)) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
+        "--configfile", *map(str, configfiles), *extra,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONHASHSEED": "0"})
+
+
+def planned_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, wildcards) for every job a dry-run lists."""
+    jobs: list[tuple[str, dict[str, str]]] = []
+    for line in output.splitlines():
+        if m := re.match(r"^(?:local)?rule (\w+):", line.strip()):
+            jobs.append((m.group(1), {}))
+        elif (m := re.match(r"^wildcards: (.*)$", line.strip())) and jobs:
+            jobs[-1][1].update(dict(part.split("=", 1) for part in m.group(1).split(", ")))
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory, real_fashion_mnist: Path, default_weights: Path) -> Path:
+    workdir = tmp_path_factory.mktemp("tiny")
+    result = snakemake(workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return workdir
+
+
+def test_full_run_reports_every_method_and_round(finished_run: Path) -> None:
+    summary = pd.read_csv(finished_run / "results/tiny/summary.csv")
+    assert set(summary["method"]) == METHODS
+    assert len(summary) == len(METHODS) * 3
+    for _, rows in summary.groupby("method"):
+        assert rows["round"].tolist() == [0, 1, 2]
+        assert rows["n_labelled"].tolist() == [20, 40, 60]
+    assert summary["accuracy"].between(0, 1).all()
+    assert (summary["seconds_evaluate"] > 0).all()
+    proxy_rounds = summary[summary["method"].isin(["svpp", "asvp"]) & (summary["round"] > 0)]
+    assert (proxy_rounds["seconds_train_proxy"] > 0).all() and (proxy_rounds["seconds_select"] > 0).all()
+    assert set(summary.loc[summary["method"] == "standard_lpft", "train_method"]) == {"lpft"}
+
+
+def test_features_file_records_what_made_it(finished_run: Path) -> None:
+    with h5py.File(finished_run / "results/tiny/features/pretrained.h5") as handle:
+        assert handle["pool/features"].shape == (300, 1280)
+        assert handle["test/features"].shape == (100, 1280)
+        assert handle.attrs["backbone"] == "mobilenet_v2"
+        assert handle.attrs["checkpoint_sha256"].startswith("b0353104")
+        assert "Normalize" in handle.attrs["transform"] or "normal" in handle.attrs["transform"].lower()
+        assert handle.attrs["dtype"] == "float32" and handle.attrs["complete"]
+    assert not list((finished_run / "results/tiny/features").glob("*.partial"))
+
+
+def test_forced_refresh_is_visible_and_used(finished_run: Path) -> None:
+    run = finished_run / "results/tiny/asvp/margin/seed0"
+    decisions = [json.loads((run / f"round{r:03d}/decision.json").read_text()) for r in range(3)]
+    assert decisions[0]["verdict"] == "keep" and decisions[0]["reason"] == "first round"
+    assert decisions[1]["verdict"] == "refresh" and decisions[1]["refresh_features"]
+    assert decisions[1]["difference"] < decisions[1]["threshold"]
+    # After a refresh the score history restarts on the new features: no comparable score.
+    assert decisions[2]["previous_score"] is None and decisions[2]["verdict"] == "keep"
+    # Round 0 kept the pre-trained features (a link to the real file); round 1 made new ones.
+    kept = run / "round000/features.h5"
+    assert kept.is_symlink() and Path(os.path.realpath(kept)) == (finished_run / "results/tiny/features/pretrained.h5").resolve()
+    refreshed = run / "round001/features.h5"
+    assert not refreshed.is_symlink()
+    with h5py.File(refreshed) as handle:
+        assert handle.attrs["checkpoint"].endswith("round001/refresh_model.pt")
+    proxy = __import__("torch").load(run / "round002/proxy.pt", weights_only=True)
+    assert proxy["features"].endswith("round001/features.h5")
+    summary = pd.read_csv(finished_run / "results/tiny/summary.csv")
+    asvp = summary[summary["method"] == "asvp"].sort_values("round")
+    assert asvp["train_method"].tolist() == ["lpft", "ft", "ft"]  # training alignment switches with the trigger
+
+
+def test_second_run_finds_nothing_to_do(finished_run: Path) -> None:
+    result = snakemake(finished_run, "-n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_proxy_change_reruns_only_proxy_dependent_jobs(finished_run: Path, tmp_path: Path) -> None:
+    override = tmp_path / "override.yaml"
+    override.write_text("proxy:\n  lr: 0.02\n")
+    result = snakemake(finished_run, "-n", configfiles=(TINY, override))
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = planned_jobs(result.stdout)
+    assert jobs, result.stdout[-2000:]
+    per_round = [(rule, w) for rule, w in jobs if "method" in w]
+    assert {w["method"] for _, w in per_round} == {"svpp", "asvp"}
+    assert all(int(w["r"]) >= 1 for _, w in per_round)
+    rules = {rule for rule, _ in jobs}
+    assert "train_proxy" in rules and "select_proxy" in rules
+    assert not rules & {"define_pool", "extract_pretrained", "select_initial", "select_random", "select_standard"}
+
+
+def test_unknown_config_key_stops_before_any_job(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.read_text() + "proxy_settings:\n  lr: 1\n")
+    result = snakemake(tmp_path, "-n", configfiles=(bad,))
+    assert result.returncode != 0
+    assert "unknown config key 'proxy_settings'" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_threshold_zero_never_refreshes_and_trains_lpft(
+    tmp_path: Path, real_fashion_mnist: Path, default_weights: Path
+) -> None:
+    override = tmp_path / "no_refresh.yaml"
+    override.write_text("methods: [asvp]\ndecision:\n  threshold: 0.0\n")
+    result = snakemake(tmp_path, configfiles=(TINY, override))
+    assert result.returncode == 0, result.stderr[-6000:]
+    run = tmp_path / "results/tiny/asvp/margin/seed0"
+    for r in range(3):
+        decision = json.loads((run / f"round{r:03d}/decision.json").read_text())
+        assert decision["verdict"] == "keep" and decision["train_method"] == "lpft"
+    for r in range(2):
+        assert (run / f"round{r:03d}/features.h5").is_symlink()
+    summary = pd.read_csv(tmp_path / "results/tiny/summary.csv")
+    assert set(summary["train_method"]) == {"lpft"}
