@@ -15,9 +15,8 @@ config.update(
 )
 
 RES = f"{config['results_dir']}/{config['experiment']}"
-RUN = RES + "/{method}/{strategy}/seed{seed}"
-ROUND = RUN + "/round{r}"
-PREV = RUN + "/round{prev}"
+RUN = f"{RES}/{{method}}/{{strategy}}/seed{{seed}}"
+ROUND = f"{RUN}/round{{r}}"
 BUDGETS = config["schedule"]["budgets"]
 N_ROUNDS = len(BUDGETS)
 
@@ -92,3 +91,59 @@ def all_metrics():
 def train_recipe(wildcards):
     """FT by default; LP-FT for the LP-FT baseline; ASVP reads its round's decision at run time."""
     return {"standard_lpft": "lpft", "asvp": "auto"}.get(wildcards.method, "ft")
+
+
+# --- input functions of the rule files (kept here so rule files only wire files) ---
+
+
+# rules/decide.smk
+def current_features(wildcards):
+    """Features in use during round r: the previous round's version, pre-trained in round 0."""
+    r = int(wildcards.r)
+    return rules.extract_pretrained.output[0] if r == 0 else round_file(wildcards, "features.h5", f"{r - 1:03d}")
+
+
+# rules/decide.smk
+def decide_inputs(wildcards):
+    inputs = {"features": current_features(wildcards), "labelled": round_file(wildcards, "labelled.csv")}
+    if int(wildcards.r) > 0:
+        inputs["previous"] = round_file(wildcards, "decision.json", prev_round(wildcards))
+    return inputs
+
+
+# rules/decide.smk
+def refresh_requested(input):
+    """Read the decision at scheduling time; before it exists, assume the expensive branch."""
+    try:
+        with open(input.decision) as handle:
+            return bool(json.load(handle)["refresh_features"])
+    except (OSError, KeyError, ValueError):
+        return True
+
+
+# rules/evaluate.smk
+def evaluate_inputs(wildcards):
+    inputs = {
+        "pool": rules.define_pool.output.pool,
+        "test": rules.define_pool.output.test,
+        "labelled": round_file(wildcards, "labelled.csv"),
+    }
+    if wildcards.method == "asvp":
+        inputs["decision"] = round_file(wildcards, "decision.json")  # LP-FT or FT, decided per round
+    return inputs
+
+
+# rules/proxy.smk
+def proxy_features(wildcards, r):
+    """Features the proxy reads after round r: SVPp's never change, ASVP's follow its decisions."""
+    if wildcards.method == "asvp":
+        return round_file(wildcards, "features.h5", r)
+    return rules.extract_pretrained.output[0]
+
+
+# rules/select.smk
+def label_inputs(wildcards):
+    inputs = {"selected": round_file(wildcards, "selected.csv"), "pool": rules.define_pool.output.pool}
+    if int(wildcards.r) > 0:
+        inputs["previous"] = round_file(wildcards, "labelled.csv", prev_round(wildcards))
+    return inputs

@@ -4,43 +4,21 @@
 # every round, so the whole plan stays visible in `snakemake -n` (no checkpoints).
 
 
-def current_features(wildcards):
-    """Features in use during round r: the previous round's version, pre-trained in round 0."""
-    r = int(wildcards.r)
-    return rules.extract_pretrained.output[0] if r == 0 else round_file(wildcards, "features.h5", f"{r - 1:03d}")
-
-
-def decide_inputs(wildcards):
-    inputs = {"features": current_features(wildcards), "labelled": round_file(wildcards, "labelled.csv")}
-    if int(wildcards.r) > 0:
-        inputs["previous"] = round_file(wildcards, "decision.json", prev_round(wildcards))
-    return inputs
-
-
-def refresh_requested(input):
-    """Read the decision at scheduling time; before it exists, assume the expensive branch."""
-    try:
-        with open(input.decision) as handle:
-            return bool(json.load(handle)["refresh_features"])
-    except (OSError, KeyError, ValueError):
-        return True
-
-
 rule decide:
     wildcard_constraints:
         method="asvp",
     input:
         unpack(decide_inputs),
     output:
-        ROUND + "/decision.json",
+        f"{ROUND}/decision.json",
     params:
         cfg=cfg_json("decision"),
         previous=lambda w, input: f"--previous {input.previous}" if "previous" in input.keys() else "",
     threads: 2
     log:
-        ROUND + "/logs/decide.log",
+        f"{ROUND}/logs/decide.log",
     benchmark:
-        ROUND + "/benchmarks/decide.tsv"
+        f"{ROUND}/benchmarks/decide.tsv"
     shell:
         "{ASVP} --threads {threads} decide --config-json {params.cfg} --features {input.features} "
         "--labelled {input.labelled} {params.previous} --seed {wildcards.seed} --round {wildcards.r} "
@@ -51,13 +29,13 @@ rule refresh_features:
     wildcard_constraints:
         method="asvp",
     input:
-        decision=ROUND + "/decision.json",
-        labelled=ROUND + "/labelled.csv",
+        decision=f"{ROUND}/decision.json",
+        labelled=f"{ROUND}/labelled.csv",
         previous=current_features,
         pool=rules.define_pool.output.pool,
         test=rules.define_pool.output.test,
     output:
-        ROUND + "/features.h5",
+        f"{ROUND}/features.h5",
     params:
         cfg=cfg_json("data", "backbone", "features", "finetune", "device"),
     threads: 2
@@ -66,9 +44,9 @@ rule refresh_features:
         gpu=lambda w, input: int(config["device"] == "cuda" and refresh_requested(input)),
         runtime=lambda w, input: 1440 if refresh_requested(input) else 5,
     log:
-        ROUND + "/logs/refresh_features.log",
+        f"{ROUND}/logs/refresh_features.log",
     benchmark:
-        ROUND + "/benchmarks/refresh_features.tsv"
+        f"{ROUND}/benchmarks/refresh_features.tsv"
     shell:
         "{ASVP} --threads {threads} refresh-features --config-json {params.cfg} --decision {input.decision} "
         "--pool {input.pool} --test {input.test} --labelled {input.labelled} "

@@ -3,23 +3,12 @@
 # also the next round's selection model. Fine-tuning checkpoints every epoch (resumable).
 
 
-def evaluate_inputs(wildcards):
-    inputs = {
-        "pool": rules.define_pool.output.pool,
-        "test": rules.define_pool.output.test,
-        "labelled": round_file(wildcards, "labelled.csv"),
-    }
-    if wildcards.method == "asvp":
-        inputs["decision"] = round_file(wildcards, "decision.json")  # LP-FT or FT, decided per round
-    return inputs
-
-
 rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
-        model=ROUND + "/model.pt",
-        metrics=ROUND + "/metrics.json",
+        model=f"{ROUND}/model.pt",
+        metrics=f"{ROUND}/metrics.json",
     params:
         recipe=train_recipe,
         decision=lambda w, input: f"--decision {input.decision}" if "decision" in input.keys() else "",
@@ -30,9 +19,9 @@ rule evaluate:
     resources:
         gpu=1 if config["device"] == "cuda" else 0,
     log:
-        ROUND + "/logs/evaluate.log",
+        f"{ROUND}/logs/evaluate.log",
     benchmark:
-        ROUND + "/benchmarks/evaluate.tsv"
+        f"{ROUND}/benchmarks/evaluate.tsv"
     shell:
         "{ASVP} --threads {threads} evaluate --config-json {params.cfg} --recipe {params.recipe} "
         "{params.decision} --pool {input.pool} --labelled {input.labelled} --test {input.test} "

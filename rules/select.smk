@@ -6,13 +6,13 @@ rule select_initial:
     input:
         pool=rules.define_pool.output.pool,
     output:
-        RUN + "/round000/selected.csv",
+        f"{RUN}/round000/selected.csv",
     params:
         budget=BUDGETS[0],
     log:
-        RUN + "/round000/logs/select_initial.log",
+        f"{RUN}/round000/logs/select_initial.log",
     benchmark:
-        RUN + "/round000/benchmarks/select_initial.tsv"
+        f"{RUN}/round000/benchmarks/select_initial.tsv"
     shell:
         "{ASVP} select-initial --pool {input.pool} --budget {params.budget} --seed {wildcards.seed} "
         "--out {output} > {log} 2>&1"
@@ -25,19 +25,19 @@ rule select_proxy:
     input:
         pool=rules.define_pool.output.pool,
         features=lambda w: proxy_features(w, prev_round(w)),
-        proxy=ROUND + "/proxy.pt",
+        proxy=f"{ROUND}/proxy.pt",
         labelled=lambda w: round_file(w, "labelled.csv", prev_round(w)),
     output:
-        selected=ROUND + "/selected.csv",
-        scores=ROUND + "/scores.npy",
+        selected=f"{ROUND}/selected.csv",
+        scores=f"{ROUND}/scores.npy",
     params:
         budget=lambda w: BUDGETS[int(w.r)],
         cfg=cfg_json("proxy"),
     threads: 2
     log:
-        ROUND + "/logs/select.log",
+        f"{ROUND}/logs/select.log",
     benchmark:
-        ROUND + "/benchmarks/select.tsv"
+        f"{ROUND}/benchmarks/select.tsv"
     shell:
         "{ASVP} --threads {threads} select --strategy {wildcards.strategy} --budget {params.budget} "
         "--seed {wildcards.seed} --round {wildcards.r} --pool {input.pool} --labelled {input.labelled} "
@@ -54,8 +54,8 @@ rule select_standard:
         model=lambda w: round_file(w, "model.pt", prev_round(w)),
         labelled=lambda w: round_file(w, "labelled.csv", prev_round(w)),
     output:
-        selected=ROUND + "/selected.csv",
-        scores=ROUND + "/scores.npy",
+        selected=f"{ROUND}/selected.csv",
+        scores=f"{ROUND}/scores.npy",
     params:
         budget=lambda w: BUDGETS[int(w.r)],
         cfg=cfg_json("data", "evaluation", "device"),
@@ -63,9 +63,9 @@ rule select_standard:
     resources:
         gpu=1 if config["device"] == "cuda" else 0,
     log:
-        ROUND + "/logs/select.log",
+        f"{ROUND}/logs/select.log",
     benchmark:
-        ROUND + "/benchmarks/select.tsv"
+        f"{ROUND}/benchmarks/select.tsv"
     shell:
         "{ASVP} --threads {threads} select --strategy {wildcards.strategy} --budget {params.budget} "
         "--seed {wildcards.seed} --round {wildcards.r} --pool {input.pool} --labelled {input.labelled} "
@@ -81,38 +81,31 @@ rule select_random:
         pool=rules.define_pool.output.pool,
         labelled=lambda w: round_file(w, "labelled.csv", prev_round(w)),
     output:
-        selected=ROUND + "/selected.csv",
-        scores=ROUND + "/scores.npy",
+        selected=f"{ROUND}/selected.csv",
+        scores=f"{ROUND}/scores.npy",
     params:
         budget=lambda w: BUDGETS[int(w.r)],
     log:
-        ROUND + "/logs/select.log",
+        f"{ROUND}/logs/select.log",
     benchmark:
-        ROUND + "/benchmarks/select.tsv"
+        f"{ROUND}/benchmarks/select.tsv"
     shell:
         "{ASVP} select --strategy random --budget {params.budget} --seed {wildcards.seed} "
         "--round {wildcards.r} --pool {input.pool} --labelled {input.labelled} "
         "--selected-out {output.selected} --scores-out {output.scores} > {log} 2>&1"
 
 
-def label_inputs(wildcards):
-    inputs = {"selected": round_file(wildcards, "selected.csv"), "pool": rules.define_pool.output.pool}
-    if int(wildcards.r) > 0:
-        inputs["previous"] = round_file(wildcards, "labelled.csv", prev_round(wildcards))
-    return inputs
-
-
 rule label:
     input:
         unpack(label_inputs),
     output:
-        ROUND + "/labelled.csv",
+        f"{ROUND}/labelled.csv",
     params:
         previous=lambda w, input: f"--previous {input.previous}" if "previous" in input.keys() else "",
     log:
-        ROUND + "/logs/label.log",
+        f"{ROUND}/logs/label.log",
     benchmark:
-        ROUND + "/benchmarks/label.tsv"
+        f"{ROUND}/benchmarks/label.tsv"
     shell:
         "{ASVP} label --selected {input.selected} --pool {input.pool} {params.previous} "
         "--round {wildcards.r} --out {output} > {log} 2>&1"

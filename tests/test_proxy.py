@@ -110,7 +110,7 @@ def test_lr_follows_the_per_step_cosine_7_16_schedule(monkeypatch: pytest.Monkey
 def test_non_finite_features_raise(bad: float) -> None:
     features, labels = _blobs()
     features[7, 2] = bad
-    with pytest.raises(DataError, match="NaN or Inf"):
+    with pytest.raises(DataError, match=r"labelled features contain NaN in \d and Inf in \d of \d+ rows \(first bad row: 7\)"):
         train_proxy(features, labels, 3, FAST, seed=0)
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from asvp.errors import DataError
+from asvp.errors import DataError, require_finite_rows
 
 VARIANTS: tuple[str, ...] = ("fixed_point", "icml")
 
@@ -104,7 +104,7 @@ def _validate(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, int
         raise DataError(f"LogME needs at least 2 labelled samples, got {n}")
     if not np.issubdtype(features.dtype, np.number) or np.iscomplexobj(features):
         raise DataError(f"LogME features must be real numbers, got dtype {features.dtype}")
-    _check_finite(features)
+    require_finite_rows(features, "LogME features")
     if labels.dtype.kind == "f" and not np.all(np.isfinite(labels)):
         raise DataError("LogME labels contain NaN or Inf; every labelled sample needs a class")
     classes, class_index = np.unique(labels, return_inverse=True)
@@ -115,27 +115,6 @@ def _validate(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, int
             "nothing about the features"
         )
     return class_index.reshape(-1).astype(np.int64), int(classes.size)
-
-
-def _check_finite(features: np.ndarray) -> None:
-    """Raise a DataError that counts the rows holding NaN and the rows holding +-Inf."""
-    nan_rows = inf_rows = 0
-    first_bad = -1
-    for start in range(0, features.shape[0], _ROW_CHUNK):
-        block = features[start : start + _ROW_CHUNK]
-        finite = np.isfinite(block).all(axis=1)
-        if finite.all():
-            continue
-        nan_rows += int(np.isnan(block).any(axis=1).sum())
-        inf_rows += int(np.isinf(block).any(axis=1).sum())
-        if first_bad < 0:
-            first_bad = start + int(np.argmin(finite))
-    if nan_rows or inf_rows:
-        raise DataError(
-            f"LogME features contain NaN in {nan_rows} and Inf in {inf_rows} of "
-            f"{features.shape[0]} rows (first bad row: {first_bad}); re-extract the features "
-            "or drop those samples"
-        )
 
 
 def _spectrum_and_projections(

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from asvp.errors import DataError
+from asvp.errors import DataError, require_finite_rows
 
 _ROW_CHUNK = 8192  # sample rows rescaled at a time
 _PAIR_ROWS = 256  # class rows per block of the (rows, C) pair matrices
@@ -270,30 +270,10 @@ def _validate(
         )
     if labels.dtype.kind == "f" and not np.all(np.isfinite(labels)):
         raise DataError("PED labels contain NaN or Inf; every labelled sample needs a class")
-    _check_finite("features", features)
-    _check_finite("reference", reference)
+    require_finite_rows(features, "PED features")
+    require_finite_rows(reference, "PED reference")
     classes, class_index = np.unique(labels, return_inverse=True)
     return class_index.reshape(-1).astype(np.int64), int(classes.size)
-
-
-def _check_finite(name: str, array: np.ndarray) -> None:
-    """Raise a DataError that counts the rows holding NaN and the rows holding +-Inf."""
-    nan_rows = inf_rows = 0
-    first_bad = -1
-    for start in range(0, array.shape[0], _ROW_CHUNK):
-        block = array[start : start + _ROW_CHUNK]
-        finite = np.isfinite(block).all(axis=1)
-        if finite.all():
-            continue
-        nan_rows += int(np.isnan(block).any(axis=1).sum())
-        inf_rows += int(np.isinf(block).any(axis=1).sum())
-        if first_bad < 0:
-            first_bad = start + int(np.argmin(finite))
-    if nan_rows or inf_rows:
-        raise DataError(
-            f"PED {name} contain NaN in {nan_rows} and Inf in {inf_rows} of {array.shape[0]} "
-            f"rows (first bad row: {first_bad}); re-extract the features or drop those samples"
-        )
 
 
 def _check_parameters(

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from asvp.errors import DataError
+from asvp.errors import DataError, require_finite_rows
 
 
 @dataclass(frozen=True)
@@ -70,17 +70,6 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
     return batches
 
 
-def check_finite(features: np.ndarray, what: str) -> None:
-    """Refuse NaN/Inf features: a proxy trained on them selects garbage without any error."""
-    bad = ~np.isfinite(features).all(axis=1)
-    if bad.any():
-        rows = np.flatnonzero(bad)
-        raise DataError(
-            f"{what}: {len(rows)} feature rows contain NaN or Inf (first rows: {rows[:5].tolist()}). "
-            "Re-extract the features (delete the file and rerun), and check the backbone checkpoint."
-        )
-
-
 def train_proxy(
     features: np.ndarray, labels: np.ndarray, num_classes: int, recipe: ProxyRecipe, seed: int
 ) -> ProxyMLP:
@@ -90,7 +79,7 @@ def train_proxy(
     """
     if len(features) < 2:
         raise DataError(f"the proxy needs at least 2 labelled samples, got {len(features)}; raise schedule.budgets[0]")
-    check_finite(features, "labelled features")
+    require_finite_rows(features, "labelled features", "re-extract the features (delete the file and rerun)")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     x = torch.as_tensor(np.asarray(features, dtype=np.float32))
