@@ -140,6 +140,15 @@ def test_unknown_config_key_stops_before_any_job(tmp_path: Path) -> None:
     assert not (tmp_path / "results").exists()
 
 
+def test_unimplemented_method_is_refused_with_the_reason(tmp_path: Path) -> None:
+    override = tmp_path / "activeft.yaml"
+    override.write_text("methods: [activeft_pre]\n")
+    result = snakemake(tmp_path, "-n", configfiles=(TINY, override))
+    assert result.returncode != 0
+    assert "method 'activeft_pre' cannot run yet" in result.stdout + result.stderr
+    assert "ActiveFT" in result.stdout + result.stderr
+
+
 def test_threshold_zero_never_refreshes_and_trains_lpft(
     tmp_path: Path, real_fashion_mnist: Path, default_weights: Path
 ) -> None:
@@ -154,3 +163,22 @@ def test_threshold_zero_never_refreshes_and_trains_lpft(
     assert (run / "round000/features.h5").is_symlink()
     summary = pd.read_csv(tmp_path / "results/tiny/summary.csv")
     assert set(summary["train_method"]) == {"lpft"}
+
+
+def test_rerunning_proxy_selection_reproduces_it_bit_for_bit(finished_run: Path) -> None:
+    """Same config and seed, same selections: recompute the proxy rounds and compare bytes.
+
+    Runs last in this module: it rewrites outputs of the shared run.
+    """
+    results = finished_run / "results/tiny"
+    watched = sorted(results.glob("*/margin/seed0/round00[12]/selected.csv")) + sorted(
+        results.glob("*/margin/seed0/round00[12]/scores.npy")
+    )
+    watched = [p for p in watched if p.parts[-4] in ("svpp", "asvp")]
+    before = {p: p.read_bytes() for p in watched}
+    assert len(before) == 8
+    result = snakemake(finished_run, "--forcerun", "train_proxy", "select_proxy", "--until", "select_proxy")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "train_proxy" in result.stdout + result.stderr  # the jobs really ran again
+    for path, content in before.items():
+        assert path.read_bytes() == content, f"{path} changed on recomputation"

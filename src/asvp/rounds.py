@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from asvp import features as feature_store
@@ -179,7 +178,7 @@ class _Relabelled(torch.utils.data.Dataset):
     """Train on the oracle's labels (labelled.csv), not whatever the dataset files say."""
 
     def __init__(self, dataset: ImageDataset, labels: np.ndarray) -> None:
-        self.dataset, self.labels = dataset, torch.as_tensor(labels, dtype=torch.int64)
+        self.dataset, self.labels = dataset, torch.tensor(labels, dtype=torch.int64)  # a copy: labels may be read-only
 
     def __len__(self) -> int:
         return len(self.dataset)

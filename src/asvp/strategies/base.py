@@ -7,7 +7,6 @@ probabilities for uncertainty sampling, hidden embeddings for diversity sampling
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -70,5 +69,3 @@ def get_strategy(name: str) -> Strategy:
         raise ConfigError(f"unknown strategy '{name}'; available: {', '.join(sorted(STRATEGIES))}")
     return STRATEGIES[name]()
 
-
-StrategyFactory = Callable[[], Strategy]
