@@ -206,7 +206,8 @@ def test_resumed_training_equals_an_uninterrupted_run_bit_for_bit(tmp_path: Path
     restarted = _model()  # a new process rebuilds the model from the pre-trained weights
     data = TinyImages(n)
     history = _train(restarted, data, _recipe("lpft"), checkpoint)
-    assert data.fetches == epochs_left * n  # the finished epochs are not recomputed
+    # The finished epochs are not recomputed; the last n reads are the BatchNorm recalibration.
+    assert data.fetches == epochs_left * n + n
     assert history == reference_history
     _assert_same(_state(restarted), _state(reference))
 
@@ -216,7 +217,7 @@ def test_a_checkpoint_with_another_fingerprint_is_ignored(tmp_path: Path) -> Non
     _train(_model(seed=1), TinyImages(10), _recipe("ft"), checkpoint, fingerprint="other labelled set")
     model, data = _model(), TinyImages(10)
     _train(model, data, _recipe("ft"), checkpoint, fingerprint="this labelled set")
-    assert data.fetches == 3 * 10  # trained from scratch
+    assert data.fetches == 3 * 10 + 10  # trained from scratch, then one BatchNorm recalibration pass
     fresh = _model()
     _train(fresh, TinyImages(10), _recipe("ft"), tmp_path / "fresh.pt", fingerprint="this labelled set")
     _assert_same(_state(model), _state(fresh))
@@ -228,8 +229,40 @@ def test_a_finished_checkpoint_resumes_to_the_same_weights_without_training(tmp_
     _train(first, TinyImages(10), _recipe("ft"), checkpoint)
     again, data = _model(), TinyImages(10)
     _train(again, data, _recipe("ft"), checkpoint)
-    assert data.fetches == 0
+    assert data.fetches == 10  # no epoch again: only the (deterministic) BatchNorm recalibration pass
     _assert_same(_state(first), _state(again))
+
+
+class PlainImages(TinyImages):
+    """TinyImages without the random flip, so activations can be averaged independently."""
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int, int]:
+        self.fetches += 1
+        return self.images[position], int(self.labels[position]), position
+
+
+def test_batchnorm_statistics_are_recalibrated_to_the_training_set(tmp_path: Path) -> None:
+    data = PlainImages(12)
+    model = _model()
+    model.backbone.norm.running_mean.fill_(100.0)  # stale statistics from "pre-training"
+    frozen_weights = Stage("ft", 1, 0.0, 0.0, 0.0, "step")  # lr 0: only the statistics can change
+    _train(model, data, TrainRecipe("ft", (frozen_weights,), 4), tmp_path / "c.pt")
+    with torch.no_grad():
+        x = model.backbone.proj(model.backbone.pool(torch.relu(model.backbone.conv(data.images))).flatten(1))
+    assert torch.allclose(model.backbone.norm.running_mean, x.mean(0), atol=1e-5)
+    # BatchNorm's running variance is the average of per-batch unbiased variances (batches of 4).
+    batch_var = torch.stack([x[i : i + 4].var(0, unbiased=True) for i in range(0, 12, 4)]).mean(0)
+    assert torch.allclose(model.backbone.norm.running_var, batch_var, atol=1e-6)
+
+
+def test_batchnorm_recalibration_can_be_switched_off(tmp_path: Path) -> None:
+    data = PlainImages(12)
+    model = _model()
+    model.backbone.norm.running_mean.fill_(100.0)
+    frozen_weights = Stage("ft", 1, 0.0, 0.0, 0.0, "step")
+    _train(model, data, TrainRecipe("ft", (frozen_weights,), 4, recalibrate_bn=False), tmp_path / "c.pt")
+    assert data.fetches == 12  # the training epoch only
+    assert model.backbone.norm.running_mean.min() > 50  # momentum 0.1 over 3 steps leaves ~73 % of the stale value
 
 
 def test_recipe_fingerprint_depends_on_recipe_seed_and_labelled_set() -> None:
