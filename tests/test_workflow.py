@@ -174,7 +174,7 @@ def test_rerunning_proxy_selection_reproduces_it_bit_for_bit(finished_run: Path)
     watched = sorted(results.glob("*/margin/seed0/round00[12]/selected.csv")) + sorted(
         results.glob("*/margin/seed0/round00[12]/scores.npy")
     )
-    watched = [p for p in watched if p.parts[-4] in ("svpp", "asvp")]
+    watched = [p for p in watched if p.parts[-5] in ("svpp", "asvp")]  # ./<method>/margin/seed0/roundNNN/file
     before = {p: p.read_bytes() for p in watched}
     assert len(before) == 8
     result = snakemake(finished_run, "--forcerun", "train_proxy", "select_proxy", "--until", "select_proxy")
