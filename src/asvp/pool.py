@@ -21,6 +21,7 @@ from asvp.errors import DataError
 SPLIT_COLUMNS = ["index", "source_index", "sample_id", "label"]
 SELECTED_COLUMNS = ["pool_index", "sample_id", "score", "rank"]
 LABELLED_COLUMNS = ["pool_index", "sample_id", "label", "round"]
+NON_INTEGER_COLUMNS = frozenset({"sample_id", "score"})  # every other column must hold integers
 
 
 def subset_indices(source_size: int, subset: int | None, seed: int) -> np.ndarray:
@@ -56,11 +57,7 @@ def _read_csv(path: str | Path, columns: list[str], what: str) -> pd.DataFrame:
             f"{what} file {path}: missing column(s) {missing}; expected columns {columns}. "
             "Fix the header or delete the file and rerun."
         )
-    for column in columns:
-        if column in ("sample_id",):
-            continue
-        if column == "score":
-            continue
+    for column in (c for c in columns if c not in NON_INTEGER_COLUMNS):
         if frame[column].isna().any() or not pd.api.types.is_integer_dtype(frame[column]):
             raise DataError(f"{what} file {path}: column '{column}' must hold integers only (found empty or non-integer values)")
     return frame[columns]

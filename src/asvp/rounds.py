@@ -251,17 +251,20 @@ def finetune_and_evaluate(
     return evaluate(config, model_out, test_csv, metrics_out)
 
 
-def load_finetuned(path: str | Path) -> Classifier:
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+def _classifier_from(payload: dict[str, Any]) -> Classifier:
     model = Classifier(build_backbone(payload["arch"], None), payload["num_classes"])
     model.load_state_dict(payload["state_dict"])
     return model.eval()
 
 
+def load_finetuned(path: str | Path) -> Classifier:
+    return _classifier_from(torch.load(path, map_location="cpu", weights_only=False))
+
+
 def evaluate(config: dict[str, Any], model_path: str | Path, test_csv: str | Path, out: str | Path) -> float:
     """Test accuracy of a fine-tuned model; writes metrics.json."""
     payload = torch.load(model_path, map_location="cpu", weights_only=False)
-    model = load_finetuned(model_path)
+    model = _classifier_from(payload)
     table = read_split_table(test_csv)
     dataset = _dataset(config, "test", table["source_index"].to_numpy(), train_mode=False)
     probabilities, _ = predict(
