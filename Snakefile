@@ -7,7 +7,8 @@
 #              [random]         select_random                                      -> label
 #   [asvp] after every round    decide (PED + LogME) -> refresh_features (fine-tune and
 #                               re-extract, or link the previous version)
-#   every round                 evaluate: fine-tune (FT or LP-FT; ASVP: as decided), test accuracy
+#   evaluation points           evaluate: fine-tune (FT or LP-FT; ASVP: as decided), test accuracy
+#                               (evaluation.at; standard fine-tunes and tests every round)
 # then summarize -> results/{experiment}/summary.csv.
 # All logic lives in src/asvp; rules only wire files to `python -m asvp <step>`.
 
@@ -31,6 +32,6 @@ include: "rules/report.smk"
 rule all:
     default_target: True
     input:
-        # Every round's metrics in ascending order: keeps DAG recursion shallow for long runs.
+        all_rounds(),
         all_metrics(),
         f"{RES}/summary.csv",

@@ -14,7 +14,7 @@ rule decide:
     params:
         cfg=cfg_json("decision"),
         previous=lambda w, input: f"--previous {input.previous}" if "previous" in input.keys() else "",
-    threads: 2
+    threads: 1
     log:
         f"{ROUND}/logs/decide.log",
     benchmark:
@@ -37,8 +37,9 @@ rule refresh_features:
     output:
         f"{ROUND}/features.h5",
     params:
-        cfg=cfg_json("data", "backbone", "features", "finetune", "device"),
-    threads: 2
+        cfg=cfg_json("data", "backbone", "features", "finetune", "evaluation", "device"),
+        cache=FINETUNES,
+    threads: JOB_THREADS
     resources:
         # Re-evaluated once decision.json exists: a pass-through round asks for no GPU.
         gpu=lambda w, input: int(config["device"] == "cuda" and refresh_requested(input)),
@@ -50,4 +51,5 @@ rule refresh_features:
     shell:
         "{ASVP} --threads {threads} refresh-features --config-json {params.cfg} --decision {input.decision} "
         "--pool {input.pool} --test {input.test} --labelled {input.labelled} "
-        "--previous-features {input.previous} --seed {wildcards.seed} --out {output} > {log} 2>&1"
+        "--previous-features {input.previous} --seed {wildcards.seed} --round {wildcards.r} "
+        "--cache-dir {params.cache} --out {output} > {log} 2>&1"

@@ -1,21 +1,23 @@
-# Each round's evaluation: fine-tune the pre-trained backbone on the labelled set (FT or LP-FT;
-# ASVP as its decision says) and measure test accuracy. For standard AL the fine-tuned model is
-# also the next round's selection model. Fine-tuning checkpoints every epoch (resumable).
+# The final model at each evaluation point (evaluation.at): fine-tune the pre-trained backbone on
+# the labelled set (FT or LP-FT; ASVP as its decision says) and measure test accuracy. Standard
+# AL fine-tunes every round, because the next round selects with that model; it is tested in
+# the same job. Fine-tunes are cached by what determines them (see asvp.evaluation), so equal
+# inputs across methods, strategies and rules train once; they checkpoint and resume.
 
 
 rule evaluate:
+    wildcard_constraints:
+        method="(?!standard)[a-z_]+",
     input:
         unpack(evaluate_inputs),
     output:
-        model=f"{ROUND}/model.pt",
         metrics=f"{ROUND}/metrics.json",
     params:
         recipe=train_recipe,
         decision=lambda w, input: f"--decision {input.decision}" if "decision" in input.keys() else "",
-        cfg=lambda w: cfg_json(
-            "data", "backbone", "finetune", "evaluation", "device", *(["lpft"] if train_recipe(w) != "ft" else [])
-        ),
-    threads: 2
+        cfg=lambda w: finetune_cfg(w),
+        cache=FINETUNES,
+    threads: JOB_THREADS
     resources:
         gpu=1 if config["device"] == "cuda" else 0,
     log:
@@ -25,4 +27,31 @@ rule evaluate:
     shell:
         "{ASVP} --threads {threads} evaluate --config-json {params.cfg} --recipe {params.recipe} "
         "{params.decision} --pool {input.pool} --labelled {input.labelled} --test {input.test} "
-        "--seed {wildcards.seed} --model-out {output.model} --out {output.metrics} > {log} 2>&1"
+        "--seed {wildcards.seed} --round {wildcards.r} --cache-dir {params.cache} --out {output.metrics} > {log} 2>&1"
+
+
+rule finetune_standard:
+    wildcard_constraints:
+        method="|".join(STANDARD_METHODS),
+    input:
+        unpack(evaluate_inputs),
+    output:
+        # Read by the next round's selection only; removed once it has run (evaluation.keep_models
+        # keeps every model in the fine-tune cache instead).
+        model=temp(f"{ROUND}/model.pt"),
+        metrics=f"{ROUND}/metrics.json",
+    params:
+        recipe=train_recipe,
+        cfg=lambda w: finetune_cfg(w),
+        cache=FINETUNES,
+    threads: JOB_THREADS
+    resources:
+        gpu=1 if config["device"] == "cuda" else 0,
+    log:
+        f"{ROUND}/logs/evaluate.log",
+    benchmark:
+        f"{ROUND}/benchmarks/evaluate.tsv"
+    shell:
+        "{ASVP} --threads {threads} evaluate --config-json {params.cfg} --recipe {params.recipe} "
+        "--pool {input.pool} --labelled {input.labelled} --test {input.test} --seed {wildcards.seed} "
+        "--round {wildcards.r} --cache-dir {params.cache} --model-out {output.model} --out {output.metrics} > {log} 2>&1"

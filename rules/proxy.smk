@@ -12,7 +12,7 @@ rule train_proxy:
         f"{ROUND}/proxy.pt",
     params:
         cfg=cfg_json("proxy"),
-    threads: 2
+    threads: JOB_THREADS
     log:
         f"{ROUND}/logs/train_proxy.log",
     benchmark:

@@ -33,7 +33,7 @@ rule select_proxy:
     params:
         budget=lambda w: BUDGETS[int(w.r)],
         cfg=cfg_json("proxy"),
-    threads: 2
+    threads: JOB_THREADS
     log:
         f"{ROUND}/logs/select.log",
     benchmark:
@@ -59,7 +59,7 @@ rule select_standard:
     params:
         budget=lambda w: BUDGETS[int(w.r)],
         cfg=cfg_json("data", "evaluation", "device"),
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=1 if config["device"] == "cuda" else 0,
     log:

@@ -1,4 +1,4 @@
-"""Tests for asvp.features: resumable, atomic feature extraction into HDF5, and its readers."""
+"""Tests for asvp.extraction and asvp.features: resumable, atomic feature extraction into HDF5, and its readers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from asvp.errors import DataError
-from asvp.features import SplitInput, extract_features, load_rows, open_features, partial_path, read_attrs
+from asvp.extraction import SplitInput, extract_features
+from asvp.features import load_rows, open_features, partial_path, read_attrs
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -220,3 +221,55 @@ def test_open_features_on_an_incomplete_file_names_it(tmp_path: Path) -> None:
         open_features(incomplete)
     with pytest.raises(DataError, match="renamed.h5 is incomplete"):
         load_rows(incomplete, "pool", np.array([0]))
+
+
+class BatchedTinyImages(TinyImages):
+    """TinyImages with the in-memory datasets' `batch(positions)`, which extraction prefers."""
+
+    def __init__(self, n: int, offset: int) -> None:
+        super().__init__(n, offset)
+        self.batch_calls = 0
+
+    def batch(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.batch_calls += 1
+        pos = torch.as_tensor(positions, dtype=torch.int64)
+        return self.images[pos], self.labels[pos], pos
+
+
+def _batched_splits() -> dict[str, SplitInput]:
+    return {name: SplitInput(BatchedTinyImages(split.dataset.images.shape[0], offset), split.labels, split.sample_ids)
+            for (name, split), offset in zip(_splits().items(), (0, 1))}
+
+
+def test_datasets_with_batch_are_read_whole_batches_and_give_the_same_file(tmp_path: Path, reference: Path) -> None:
+    out = tmp_path / "features.h5"
+    splits = _batched_splits()
+    extract_features(CountingBackbone(), splits, out, attrs=ATTRS, batch_size=BATCH, chunk_rows=CHUNK)
+    assert [s.dataset.batch_calls for s in splits.values()] == [5, 2]
+    got, want = _read(out), _read(reference)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_batch_path_resumes_after_the_last_chunk(tmp_path: Path, reference: Path) -> None:
+    out = tmp_path / "features.h5"
+    with pytest.raises(Interrupted):
+        extract_features(CountingBackbone(fail_on_call=3), _batched_splits(), out, attrs=ATTRS, batch_size=BATCH, chunk_rows=CHUNK)
+    resumed = CountingBackbone()
+    extract_features(resumed, _batched_splits(), out, attrs=ATTRS, batch_size=BATCH, chunk_rows=CHUNK)
+    assert resumed.calls == 5
+    np.testing.assert_array_equal(_read(out)["pool/features"], _read(reference)["pool/features"])
+
+
+def test_one_data_loader_per_split_not_one_per_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asvp.extraction
+
+    built = []
+
+    def counting_loader(*args, **kwargs):  # type: ignore[no-untyped-def]
+        built.append(kwargs)
+        return torch.utils.data.DataLoader(*args, **kwargs)
+
+    monkeypatch.setattr(asvp.extraction, "DataLoader", counting_loader)
+    _extract(CountingBackbone(), tmp_path / "features.h5")  # pool: 3 chunks, test: 1
+    assert len(built) == 2

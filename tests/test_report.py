@@ -68,7 +68,9 @@ def test_summary_columns_are_metadata_then_sorted_seconds_per_rule(experiment: t
         "seconds_evaluate", "seconds_extract_pretrained", "seconds_finetune", "seconds_label",
         "seconds_select", "seconds_select_initial", "seconds_train_proxy",
     ]
-    assert list(frame.columns) == ["experiment", "method", "strategy", "seed", "round", "n_labelled", "accuracy", "train_method", *seconds]
+    metadata = ["experiment", "method", "strategy", "seed", "round", "n_labelled", "accuracy", "train_method",
+                "status", "final_train_accuracy", "reused_finetune"]
+    assert list(frame.columns) == [*metadata, *seconds]
     written = pd.read_csv(out)
     assert list(written.columns) == list(frame.columns)
     assert len(written) == 6

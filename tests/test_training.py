@@ -120,7 +120,7 @@ def test_lpft_recipe_from_config_has_an_lp_stage_then_an_ft_stage() -> None:
     recipe = recipe_from_config("lpft", config)
     assert recipe.kind == "lpft" and recipe.batch_size == 16
     lp, ft = recipe.stages
-    assert lp == Stage("lp", 4, None, 2.0, 0.0, "cosine")  # backbone frozen, per-step cosine
+    assert lp == Stage("lp", 4, None, 2.0, 0.1, "lbfgs")  # backbone frozen, L-BFGS probe (lp_weight_decay 0.1)
     assert ft == Stage("ft", 6, 0.001, 0.2, 0.0, "step", (5,))
 
 
@@ -198,7 +198,10 @@ def test_resumed_training_equals_an_uninterrupted_run_bit_for_bit(tmp_path: Path
     reference_history = _train(reference, TinyImages(n), _recipe("lpft"), tmp_path / "reference.pt")
 
     checkpoint = tmp_path / "ckpt.pt"
-    killed = TinyImages(n, fail_at_fetch=(kill_epoch - 1) * n + 6)  # mid-epoch, after one optimizer step
+    # Reads per schedule epoch (LP then FT): full batches of 4, n / 4 steps an epoch on average.
+    reads = [4 * h["steps"] for h in reference_history]
+    # n reads of the BatchNorm recalibration before LP, then mid-epoch, after one optimizer step
+    killed = TinyImages(n, fail_at_fetch=n + sum(reads[: kill_epoch - 1]) + 6)
     with pytest.raises(Interrupted):
         _train(_model(), killed, _recipe("lpft"), checkpoint)
     assert checkpoint.exists()
@@ -207,7 +210,7 @@ def test_resumed_training_equals_an_uninterrupted_run_bit_for_bit(tmp_path: Path
     data = TinyImages(n)
     history = _train(restarted, data, _recipe("lpft"), checkpoint)
     # The finished epochs are not recomputed; the last n reads are the BatchNorm recalibration.
-    assert data.fetches == epochs_left * n + n
+    assert data.fetches == sum(reads[-epochs_left:]) + n
     assert history == reference_history
     _assert_same(_state(restarted), _state(reference))
 
@@ -217,7 +220,7 @@ def test_a_checkpoint_with_another_fingerprint_is_ignored(tmp_path: Path) -> Non
     _train(_model(seed=1), TinyImages(10), _recipe("ft"), checkpoint, fingerprint="other labelled set")
     model, data = _model(), TinyImages(10)
     _train(model, data, _recipe("ft"), checkpoint, fingerprint="this labelled set")
-    assert data.fetches == 3 * 10 + 10  # trained from scratch, then one BatchNorm recalibration pass
+    assert data.fetches == 8 * 4 + 10  # trained from scratch (ceil(3 * 10 / 4) = 8 full batches of 4), then one recalibration
     fresh = _model()
     _train(fresh, TinyImages(10), _recipe("ft"), tmp_path / "fresh.pt", fingerprint="this labelled set")
     _assert_same(_state(model), _state(fresh))
@@ -261,7 +264,7 @@ def test_batchnorm_recalibration_can_be_switched_off(tmp_path: Path) -> None:
     model.backbone.norm.running_mean.fill_(100.0)
     frozen_weights = Stage("ft", 1, 0.0, 0.0, 0.0, "step")
     _train(model, data, TrainRecipe("ft", (frozen_weights,), 4, recalibrate_bn=False), tmp_path / "c.pt")
-    assert data.fetches == 12  # the training epoch only
+    assert data.fetches == 12  # the training epoch only (3 batches of 4)
     assert model.backbone.norm.running_mean.min() > 50  # momentum 0.1 over 3 steps leaves ~73 % of the stale value
 
 

@@ -99,6 +99,47 @@ def test_forced_refresh_is_visible_and_used(finished_run: Path) -> None:
     assert asvp["train_method"].tolist() == ["lpft", "ft", "ft"]  # training alignment switches with the trigger
 
 
+def test_equal_fine_tunes_train_once_and_models_are_not_kept(finished_run: Path) -> None:
+    results = finished_run / "results/tiny"
+    metrics = {
+        (m, r): json.loads((results / f"{m}/{s}/seed0/round{r:03d}/metrics.json").read_text())
+        for m, s in (("random", "random"), ("standard", "margin"), ("svpp", "margin"), ("asvp", "margin"))
+        for r in range(3)
+    }
+    # Round 0's labelled set is the same for every FT method: one key, trained at most twice
+    # (standard retrains only when it needs a model the first trainer did not keep).
+    round0 = [metrics[(m, 0)] for m in ("random", "standard", "svpp")]
+    assert len({m["finetune_key"] for m in round0}) == 1
+    assert sum(not m["reused"] for m in round0) <= 2 and len({m["accuracy"] for m in round0}) == 1
+    # ASVP's refresh round: its evaluation (FT on the same labels) reuses the refresh's fine-tune.
+    assert metrics[("asvp", 1)]["reused"] and metrics[("asvp", 1)]["train_method"] == "ft"
+    for entry in metrics.values():
+        assert entry["status"] in ("ok", "diverged") and entry["loss_curve"]
+    assert not list(results.rglob("model.pt")) and not list(results.rglob("refresh_model.pt"))
+
+
+def test_evaluation_points_are_planned_apart_from_selection_rounds(tmp_path: Path) -> None:
+    override = tmp_path / "at.yaml"
+    override.write_text("schedule:\n  budgets: [20, 20, 20, 20, 20]\nevaluation:\n  at: [20, 60]\n")
+    result = snakemake(tmp_path, "-n", configfiles=(TINY, override))
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = planned_jobs(result.stdout)
+    evaluated = sorted({(w["method"], int(w["r"])) for rule, w in jobs if rule == "evaluate"})
+    # random, svpp and asvp train the final model at 20 and 60 labels and in the last round only.
+    assert evaluated == sorted((m, r) for m in ("random", "svpp", "asvp") for r in (0, 2, 4))
+    # standard fine-tunes every round: its next selection reads that model.
+    assert sorted(int(w["r"]) for rule, w in jobs if rule == "finetune_standard") == [0, 1, 2, 3, 4]
+    assert "evaluation points at rounds 0 (20 labels), 2 (60 labels), 4 (100 labels)" in result.stderr
+
+
+def test_an_evaluation_point_no_round_reaches_is_refused(tmp_path: Path) -> None:
+    override = tmp_path / "at.yaml"
+    override.write_text("evaluation:\n  at: [50]\n")
+    result = snakemake(tmp_path, "-n", configfiles=(TINY, override))
+    assert result.returncode != 0
+    assert "evaluation.at names label counts [50]" in result.stdout + result.stderr
+
+
 def test_second_run_finds_nothing_to_do(finished_run: Path) -> None:
     result = snakemake(finished_run, "-n")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -127,7 +168,7 @@ def test_lpft_baseline_is_planned_with_its_own_recipe(finished_run: Path, tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = planned_jobs(result.stdout)
     assert {w.get("method") for _, w in jobs if "method" in w} == {"standard_lpft"}  # nothing else reruns
-    assert {rule for rule, w in jobs if "method" in w} == {"select_initial", "label", "evaluate", "select_standard"}
+    assert {rule for rule, w in jobs if "method" in w} == {"select_initial", "label", "finetune_standard", "select_standard"}
     assert "--recipe lpft" in result.stdout
 
 

@@ -2,8 +2,9 @@
 
 Each command parses paths and a JSON config excerpt (only the sections the step depends on,
 so that Snakemake's params trigger reruns exactly the steps a change affects) and calls one
-function in `asvp.rounds`, `asvp.decision` or `asvp.report`. User errors print one line and
-exit with status 2.
+function in `asvp.rounds`, `asvp.queries`, `asvp.decision` or `asvp.report`. The cheap
+commands (`label`, `select-initial`, `decide`, random `select`, a pass-through `refresh-features`) never import
+torch (tests/test_cheap_jobs.py). User errors print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -21,28 +22,78 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     return json.loads(args.config_json)
 
 
-def run_command(args: argparse.Namespace) -> None:
-    """Dispatch one parsed command to the library (imports are local: `--help` stays fast)."""
+def _torch_threads(threads: int | None) -> None:
+    """Apply the rule's thread count; called only by the steps that compute with torch.
+
+    `import torch` alone costs 3-5 s on a busy 2-core machine: more than the whole work of
+    `label`, `decide` or a pass-through `refresh-features`, so those never get here.
+    """
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def run_torch_free(args: argparse.Namespace) -> bool:
+    """Run the cheap commands, which never import torch; False when `args` is not one of them."""
     if args.command in ("select-initial", "label"):
-        from asvp import queries  # torch-free: these small jobs start fast
+        from asvp import queries
 
         if args.command == "select-initial":
             queries.select_initial(args.pool, args.budget, args.seed, args.out)
         else:
             queries.label_round(args.selected, args.pool, args.previous, args.round, args.out)
-        return
-    if args.command == "summarize":
+    elif args.command == "select" and not _needs_model(args.strategy):
+        from asvp import queries
+
+        queries.apply_strategy(args.strategy, args.budget, args.seed, args.round, args.pool, args.labelled,
+                               args.selected_out, args.scores_out)
+    elif args.command == "summarize":
         from asvp import report
 
         report.summarize(args.experiment_dir, args.metrics, args.out)
-        return
-    from asvp import rounds
-
-    if args.command == "validate-config":
+    elif args.command == "validate-config":
         from asvp.config import load_config
 
         print(json.dumps(load_config(args.configfile), indent=2))
-    elif args.command == "define-pool":
+    elif args.command == "decide":
+        from asvp.decision import decide
+
+        record = decide(
+            args.features, args.labelled, args.previous, args.round, _config(args)["decision"], args.seed, args.out
+        )
+        print(f"verdict {record['verdict']}: {record['reason']}")
+    elif args.command == "refresh-features" and not refresh_requested(args.decision):
+        from asvp import features as feature_store
+
+        feature_store.link_features(args.previous_features, args.out)
+        print("kept (linked to the previous features)")
+    else:
+        return False
+    return True
+
+
+def _needs_model(strategy_name: str) -> bool:
+    from asvp.queries import needs_model
+
+    return needs_model(strategy_name)
+
+
+def refresh_requested(decision_path: str) -> bool:
+    """What the round's decision.json says about the features (as `rounds.refresh_features` reads it)."""
+    from asvp.atomic import read_json
+
+    return bool(read_json(decision_path)["refresh_features"])
+
+
+def run_command(args: argparse.Namespace) -> None:
+    """Dispatch one parsed command to the library (imports are local: `--help` stays fast)."""
+    if run_torch_free(args):
+        return
+    _torch_threads(args.threads)
+    from asvp import rounds
+
+    if args.command == "define-pool":
         rounds.define_pool(_config(args), args.pool, args.test, args.info)
     elif args.command == "extract":
         rounds.extract(_config(args), args.pool, args.test, args.out, model_path=args.model)
@@ -54,24 +105,23 @@ def run_command(args: argparse.Namespace) -> None:
             args.scores_out, features_path=args.features, proxy_path=args.proxy, model_path=args.model,
             config=_config(args),
         )
-    elif args.command == "decide":
-        from asvp.decision import decide
-
-        record = decide(
-            args.features, args.labelled, args.previous, args.round, _config(args)["decision"], args.seed, args.out
-        )
-        print(f"verdict {record['verdict']}: {record['reason']}")
     elif args.command == "refresh-features":
-        refreshed = rounds.refresh_features(
-            _config(args), args.decision, args.pool, args.test, args.labelled, args.previous_features, args.seed, args.out
+        from asvp import evaluation
+
+        refreshed = evaluation.refresh_features(
+            _config(args), args.decision, args.pool, args.test, args.labelled, args.previous_features, args.seed,
+            args.out, cache_dir=args.cache_dir, round_index=args.round,
         )
         print("refreshed" if refreshed else "kept (linked to the previous features)")
     elif args.command == "evaluate":
-        recipe = rounds.recipe_for(args.recipe, args.decision)
-        accuracy = rounds.finetune_and_evaluate(
-            _config(args), recipe, args.pool, args.labelled, args.test, args.seed, args.model_out, args.out
+        from asvp import evaluation
+
+        recipe = evaluation.recipe_for(args.recipe, args.decision)
+        metrics = evaluation.finetune_and_evaluate(
+            _config(args), recipe, args.pool, args.labelled, args.test, args.seed, args.out,
+            cache_dir=args.cache_dir, model_out=args.model_out, round_index=args.round,
         )
-        print(f"{recipe} accuracy {accuracy:.4f}")
+        print(f"{recipe} accuracy {metrics['accuracy']:.4f} ({metrics['status']})")
     else:  # pragma: no cover - argparse rejects unknown commands
         raise ValueError(args.command)
 
@@ -140,12 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("--decision", "--pool", "--test", "--labelled", "--previous-features", "--out"):
         p.add_argument(name, required=True)
     p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--round", type=int, default=None)
+    p.add_argument("--cache-dir", help="fine-tune cache (shared with evaluate)")
 
     p = add("evaluate", "fine-tune the pre-trained backbone on the labelled set, then test accuracy", config=True)
     p.add_argument("--recipe", choices=["ft", "lpft", "auto"], required=True, help="auto: as decision.json says")
-    for name in ("--pool", "--labelled", "--test", "--model-out", "--out"):
+    for name in ("--pool", "--labelled", "--test", "--out", "--cache-dir"):
         p.add_argument(name, required=True)
+    p.add_argument("--model-out", help="also write the fine-tuned model (a later step reads it)")
     p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--round", type=int, default=None)
     p.add_argument("--decision", help="the round's decision.json (with --recipe auto)")
 
     p = add("summarize", "collect every round's metrics and timings into summary.csv")
@@ -157,10 +211,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
         run_command(args)
     except AsvpError as exc:

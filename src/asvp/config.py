@@ -17,6 +17,7 @@ import jsonschema
 import yaml
 
 from asvp.errors import ConfigError
+from asvp.schedule import evaluation_rounds
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "rules" / "schemas" / "config.schema.yaml"
 
@@ -115,6 +116,10 @@ def _check_consistency(config: dict[str, Any], source: str) -> None:
             f"{source}: schedule.budgets sum to {sum(budgets)} labels but data.pool_subset is only "
             f"{data['pool_subset']} images. Lower the budgets or enlarge the pool."
         )
+    try:
+        evaluation_rounds(budgets, config["evaluation"]["at"])
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     lpft = config["lpft"]
     for recipe_name, recipe, epochs in (
         ("finetune", config["finetune"], config["finetune"]["epochs"]),

@@ -1,52 +1,43 @@
-"""Backbone features for the whole pool and the test set, in one HDF5 file (paper stage 1).
+"""The feature store: backbone features of the pool and the test set in one HDF5 file.
 
 Layout of features.h5:
   /pool/features  (N, D) float16|float32, chunked by `chunk_rows` rows
   /pool/labels    (N,) int64
   /pool/sample_ids (N,) utf-8 strings
+  /pool.attrs["rows_done"]  rows written so far (only meaningful while the file is partial)
   /test/...       same for the test set
   attrs: backbone, checkpoint, checkpoint_sha256, transform, dtype, resolution, num_classes, ...
 
-Extraction is streamed chunk by chunk into `<out>.partial`; each finished chunk is flushed and
-recorded in the split's `rows_done` attribute, so a killed job resumes from the last complete
-chunk. Only a complete file is renamed to its final name. A partial file written with other
-settings (its `fingerprint` differs) is discarded rather than mixed with new rows.
+A file is written as `<out>.partial` and renamed only when complete; a partial file written
+with other settings (its `fingerprint` differs) is discarded rather than mixed with new rows.
+The streaming writer that fills it from a backbone lives in `asvp.extraction`.
+
+This module imports neither torch nor torchvision: the cheap per-round jobs (`decide`, a
+pass-through `refresh-features`) read and link features through it and must start in well
+under a second, where `import torch` alone costs 3-5 s on a busy 2-core machine.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm import tqdm
 
 from asvp.errors import DataError
 
 SPLITS = ("pool", "test")
 
 
-@dataclass(frozen=True)
-class SplitInput:
-    """One split to extract: a dataset yielding (image, label, position) and its metadata."""
-
-    dataset: Dataset
-    labels: np.ndarray  # (N,) int64
-    sample_ids: list[str]
-
-
 def partial_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def _open_partial(path: Path, fingerprint: str) -> h5py.File:
+def open_partial(path: Path, fingerprint: str) -> h5py.File:
+    """The partial file to (re)fill: kept when written with the same settings, else started over."""
     if path.exists():
         try:
             handle = h5py.File(path, "a")
@@ -61,76 +52,59 @@ def _open_partial(path: Path, fingerprint: str) -> h5py.File:
     return handle
 
 
-@torch.inference_mode()
-def _forward(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> np.ndarray:
-    images = images.to(device, non_blocking=True)
-    if images.dim() == 4:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return model(images).float().cpu().numpy()
+def require_split(
+    handle: h5py.File, name: str, labels: np.ndarray, sample_ids: Sequence[str], feature_dim: int, dtype: str, chunk_rows: int
+) -> h5py.Group:
+    """The split's group, created empty (rows_done = 0) unless a resumed partial file has it."""
+    group = handle.require_group(name)
+    if "features" not in group:
+        n = len(labels)
+        group.create_dataset("features", shape=(n, feature_dim), dtype=dtype, chunks=(min(chunk_rows, max(n, 1)), feature_dim))
+        group.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
+        group.create_dataset("sample_ids", data=np.asarray(sample_ids, dtype=object), dtype=h5py.string_dtype())
+        group.attrs["rows_done"] = 0
+    return group
 
 
-def extract_features(
-    model: torch.nn.Module,
-    splits: Mapping[str, SplitInput],
+def write_rows(handle: h5py.File, group: h5py.Group, start: int, block: np.ndarray) -> None:
+    """Store rows start..start+len(block) and record them as done (flushed: a kill keeps them)."""
+    stop = start + len(block)
+    group["features"][start:stop] = block.astype(group["features"].dtype)
+    group.attrs["rows_done"] = stop
+    handle.flush()
+
+
+def mark_complete(handle: h5py.File, attrs: Mapping[str, Any], dtype: str, feature_dim: int) -> None:
+    for key, value in attrs.items():
+        handle.attrs[key] = value if value is not None else ""
+    handle.attrs["dtype"] = dtype
+    handle.attrs["feature_dim"] = feature_dim
+    handle.attrs["complete"] = True
+
+
+def write_features(
     out: str | Path,
+    splits: Mapping[str, tuple[np.ndarray, np.ndarray, Sequence[str]]],
     *,
     attrs: Mapping[str, Any],
     dtype: str = "float32",
-    batch_size: int = 256,
-    chunk_rows: int = 4096,
-    num_workers: int = 0,
-    device: torch.device | str = "cpu",
 ) -> None:
-    """Write features of every split to `out` (HDF5), resumably and atomically."""
+    """Write features already in memory, atomically: splits[name] = (features (N, D), labels (N,), ids).
+
+    For features computed elsewhere (and for tests, which need real files without a backbone).
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
-    feature_dim = int(model.feature_dim)  # type: ignore[arg-type]
-    model = model.to(device).eval()
-    if device.type == "cpu":
-        model = model.to(memory_format=torch.channels_last)
-    # Rows per chunk must be a multiple of the batch size so a resumed chunk starts on a batch edge.
-    chunk_rows = max(batch_size, (chunk_rows // batch_size) * batch_size)
-    fingerprint = json.dumps({**dict(attrs), "dtype": dtype, "chunk_rows": chunk_rows}, sort_keys=True, default=str)
     partial = partial_path(out)
-    with _open_partial(partial, fingerprint) as handle:
-        for name, split in splits.items():
-            n = len(split.dataset)
-            group = handle.require_group(name)
-            if "features" not in group:
-                group.create_dataset(
-                    "features", shape=(n, feature_dim), dtype=dtype, chunks=(min(chunk_rows, max(n, 1)), feature_dim)
-                )
-                group.create_dataset("labels", data=np.asarray(split.labels, dtype=np.int64))
-                group.create_dataset("sample_ids", data=np.asarray(split.sample_ids, dtype=object), dtype=h5py.string_dtype())
-                group.attrs["rows_done"] = 0
-            done = int(group.attrs["rows_done"])
-            progress = tqdm(total=n, initial=done, desc=f"features {name}", unit="img", mininterval=5.0)
-            for start in range(done, n, chunk_rows):
-                stop = min(start + chunk_rows, n)
-                loader = DataLoader(
-                    Subset(split.dataset, range(start, stop)),
-                    batch_size=batch_size,
-                    shuffle=False,
-                    num_workers=num_workers,
-                    pin_memory=device.type == "cuda",
-                )
-                block = np.concatenate([_forward(model, images, device) for images, *_ in loader])
-                if not np.isfinite(block).all():
-                    raise DataError(
-                        f"backbone produced NaN/Inf features for {name} rows {start}..{stop - 1}; "
-                        "check the checkpoint (backbone.checkpoint) and the input images"
-                    )
-                group["features"][start:stop] = block.astype(dtype)
-                group.attrs["rows_done"] = stop
-                handle.flush()
-                progress.update(stop - start)
-            progress.close()
-        for key, value in attrs.items():
-            handle.attrs[key] = value if value is not None else ""
-        handle.attrs["dtype"] = dtype
-        handle.attrs["feature_dim"] = feature_dim
-        handle.attrs["complete"] = True
+    partial.unlink(missing_ok=True)
+    feature_dim = 0
+    with h5py.File(partial, "w") as handle:
+        for name, (features, labels, sample_ids) in splits.items():
+            features = np.asarray(features)
+            feature_dim = int(features.shape[1])
+            group = require_split(handle, name, labels, sample_ids, feature_dim, dtype, max(len(features), 1))
+            write_rows(handle, group, 0, features)
+        mark_complete(handle, attrs, dtype, feature_dim)
     os.replace(partial, out)
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from asvp.errors import DataError, require_finite_rows
+from asvp.precision import inference_autocast
 
 
 @dataclass(frozen=True)
@@ -118,9 +119,11 @@ def proxy_outputs(
     """Softmax probabilities (len(rows), C) float32 and optionally hidden embeddings (len(rows), D).
 
     `features` may be an in-memory array or an h5py dataset: rows are read in sorted chunks so a
-    1.28M-row ImageNet pool is never loaded whole.
+    1.28M-row ImageNet pool is never loaded whole. The pass runs where the model is; on CUDA under
+    bf16/fp16 autocast (outputs are returned as float32), on the CPU exactly as in float32.
     """
     model.eval()
+    device = next(model.parameters()).device
     rows = np.asarray(rows, dtype=np.int64)
     probs: list[np.ndarray] = []
     embeds: list[np.ndarray] = []
@@ -131,10 +134,12 @@ def proxy_outputs(
         x = x[torch.as_tensor(np.argsort(np.argsort(chunk)))]
         if not torch.isfinite(x).all():
             raise DataError("pool features contain NaN or Inf; re-extract the features (delete the file and rerun)")
-        hidden = model.embed(x)
-        probs.append(torch.softmax(model.classifier(hidden), dim=1).numpy())
+        with inference_autocast(device):
+            hidden = model.embed(x.to(device, non_blocking=True))
+            logits = model.classifier(hidden)
+        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         if want_embeddings:
-            embeds.append(hidden.numpy())
+            embeds.append(hidden.float().cpu().numpy())
     num_classes = model.classifier.out_features
     p = np.concatenate(probs) if probs else np.zeros((0, num_classes), np.float32)
     e = (np.concatenate(embeds) if embeds else np.zeros((0, model.classifier.in_features), np.float32)) if want_embeddings else None

@@ -9,14 +9,48 @@ from pathlib import Path
 
 import numpy as np
 
-from asvp.atomic import write_csv
+from asvp.atomic import write_csv, write_npy
 from asvp.errors import ConfigError
-from asvp.pool import label_selection, read_labelled, read_selected, read_split_table, write_selected
+from asvp.pool import label_selection, read_labelled, read_selected, read_split_table, unlabelled_indices, write_selected
+from asvp.strategies import PoolState, get_strategy
 
 
 def round_rng(seed: int, round_index: int) -> np.random.Generator:
     """One independent, reproducible random stream per (seed, round)."""
     return np.random.default_rng([seed, round_index])
+
+
+def needs_model(strategy_name: str) -> bool:
+    """Whether a strategy scores with a model (proxy or network), i.e. whether it needs torch."""
+    return "probabilities" in get_strategy(strategy_name).needs
+
+
+def apply_strategy(
+    strategy_name: str,
+    budget: int,
+    seed: int,
+    round_index: int,
+    pool_csv: str | Path,
+    labelled_csv: str | Path,
+    selected_out: str | Path,
+    scores_out: str | Path,
+    probabilities: np.ndarray | None = None,
+) -> None:
+    """Pick `budget` unlabelled images with a strategy; write selected.csv and (N,) float32 scores.
+
+    `probabilities`: (U, C) float32 model outputs in the order of the unlabelled pool, for the
+    strategies that need them (computed by `rounds.select_round`). Random needs none, so the
+    random baseline's selection runs without torch.
+    """
+    pool = read_split_table(pool_csv)
+    labelled = read_labelled(labelled_csv, len(pool))
+    unlabelled = unlabelled_indices(len(pool), labelled)
+    state = PoolState(unlabelled=unlabelled, labelled=labelled["pool_index"].to_numpy(), probabilities=probabilities)
+    selected, scores = get_strategy(strategy_name).select(state, budget, round_rng(seed, round_index))
+    full_scores = np.full(len(pool), np.nan, dtype=np.float32)
+    full_scores[unlabelled] = scores
+    write_selected(selected_out, pool, selected, full_scores[selected])
+    write_npy(scores_out, full_scores)
 
 
 def select_initial(pool_csv: str | Path, budget: int, seed: int, out: str | Path) -> None:

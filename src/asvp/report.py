@@ -51,6 +51,9 @@ def summarize(experiment_dir: str | Path, metrics_files: list[str], out: str | P
             "n_labelled": metrics["n_labelled"],
             "accuracy": metrics["accuracy"],
             "train_method": metrics["train_method"],
+            "status": metrics.get("status", "ok"),
+            "final_train_accuracy": metrics.get("final_train_accuracy"),
+            "reused_finetune": metrics.get("reused", False),
         }
         if row["round"] == 0 and row["method"] in FEATURE_METHODS:
             row["seconds_extract_pretrained"] = extract_seconds

@@ -14,16 +14,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from asvp import extraction
 from asvp import features as feature_store
 from asvp.atomic import atomic_path, read_json, write_csv, write_json, write_npy
 from asvp.backbones import build_backbone, file_sha256, resolve_checkpoint
 from asvp.data import ImageDataset, build_transform, open_source
 from asvp.errors import ConfigError, DataError
 from asvp.pool import read_labelled, read_split_table, split_table, subset_indices, unlabelled_indices, write_selected
-from asvp.queries import round_rng
+from asvp.queries import apply_strategy
 from asvp.proxy import ProxyRecipe, load_proxy, proxy_outputs, save_proxy, train_proxy
 from asvp.strategies import PoolState, get_strategy
-from asvp.training import Classifier, predict, recipe_fingerprint, recipe_from_config, train
+from asvp.training import classifier_from, predict
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,10 +62,11 @@ def _pretrained_backbone(config: dict[str, Any]) -> tuple[torch.nn.Module, Path 
 
 
 def _dataset(config: dict[str, Any], split: str, source_indices: np.ndarray, train_mode: bool) -> ImageDataset:
+    from asvp.data import make_dataset  # in-memory datasets decode once and augment whole batches
+
     data = config["data"]
     source = open_source(data["dataset"], data["root"], "train" if split == "pool" else "test")
-    transform = build_transform(train_mode, data["resolution"], resize=data["resize"])
-    return ImageDataset(source, source_indices, transform)
+    return make_dataset(source, source_indices, train_mode, data["resolution"], data["resize"])
 
 
 # --------------------------------------------------------------------------- features
@@ -77,7 +79,7 @@ def extract(
         backbone, checkpoint = _pretrained_backbone(config)
         origin = {"checkpoint": str(checkpoint or "random-init"), "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else ""}
     else:
-        backbone = load_finetuned(model_path).backbone
+        backbone = classifier_from(torch.load(model_path, map_location="cpu", weights_only=False)).backbone
         origin = {"checkpoint": str(model_path), "checkpoint_sha256": file_sha256(model_path)}
     splits = {}
     num_classes = 0
@@ -85,7 +87,7 @@ def extract(
         table = read_split_table(csv)
         dataset = _dataset(config, split, table["source_index"].to_numpy(), train_mode=False)
         num_classes = dataset.source.num_classes
-        splits[split] = feature_store.SplitInput(dataset, table["label"].to_numpy(), table["sample_id"].tolist())
+        splits[split] = extraction.SplitInput(dataset, table["label"].to_numpy(), table["sample_id"].tolist())
     attrs = {
         "backbone": config["backbone"]["arch"],
         **origin,
@@ -94,7 +96,7 @@ def extract(
         "transform": repr(build_transform(False, data["resolution"], resize=data["resize"])),
         "num_classes": num_classes,
     }
-    feature_store.extract_features(
+    extraction.extract_features(
         backbone,
         splits,
         out,
@@ -157,7 +159,7 @@ def select_round(
             with feature_store.open_features(features_path) as handle:
                 probabilities, _ = proxy_outputs(proxy, handle["pool/features"], unlabelled, batch)
         elif model_path is not None and config is not None:
-            model = load_finetuned(model_path)
+            model = classifier_from(torch.load(model_path, map_location="cpu", weights_only=False))
             dataset = _dataset(config, "pool", pool["source_index"].to_numpy()[unlabelled], train_mode=False)
             probabilities, _ = predict(
                 model, dataset, batch_size=config["evaluation"]["batch_size"], device=resolve_device(config["device"]),
@@ -165,149 +167,4 @@ def select_round(
             )
         else:
             raise ValueError(f"strategy {strategy_name} needs a proxy with features, or a fine-tuned model")
-    state = PoolState(unlabelled=unlabelled, labelled=labelled["pool_index"].to_numpy(), probabilities=probabilities)
-    selected, scores = strategy.select(state, budget, round_rng(seed, round_index))
-    full_scores = np.full(len(pool), np.nan, dtype=np.float32)
-    full_scores[unlabelled] = scores
-    write_selected(selected_out, pool, selected, full_scores[selected])
-    write_npy(scores_out, full_scores)
-
-
-# --------------------------------------------------------------------------- fine-tuning
-class _Relabelled(torch.utils.data.Dataset):
-    """Train on the oracle's labels (labelled.csv), not whatever the dataset files say."""
-
-    def __init__(self, dataset: ImageDataset, labels: np.ndarray) -> None:
-        self.dataset, self.labels = dataset, torch.tensor(labels, dtype=torch.int64)  # a copy: labels may be read-only
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, position: int):  # type: ignore[no-untyped-def]
-        image, _, index = self.dataset[position]
-        return image, self.labels[position], index
-
-
-def finetune(
-    config: dict[str, Any],
-    recipe_kind: str,
-    pool_csv: str | Path,
-    labelled_csv: str | Path,
-    seed: int,
-    out: str | Path,
-) -> dict[str, Any]:
-    """Fine-tune the pre-trained backbone (re-initialised every time) on the labelled set."""
-    pool = read_split_table(pool_csv)
-    labelled = read_labelled(labelled_csv, len(pool))
-    rows = labelled["pool_index"].to_numpy()
-    dataset = _dataset(config, "pool", pool["source_index"].to_numpy()[rows], train_mode=True)
-    num_classes = dataset.source.num_classes
-    if int(labelled["label"].max()) >= num_classes:
-        raise DataError(f"labels file {labelled_csv}: label {int(labelled['label'].max())} is outside 0..{num_classes - 1}")
-    backbone, _ = _pretrained_backbone(config)
-    torch.manual_seed(seed)  # the new head's initialisation is part of "same seed, same model"
-    model = Classifier(backbone, num_classes)
-    recipe = recipe_from_config(recipe_kind, config)
-    digest = hashlib.sha256(labelled[["pool_index", "label"]].to_numpy().tobytes()).hexdigest()
-    out = Path(out)
-    checkpoint = out.with_name(out.name + ".ckpt")
-    history = train(
-        model,
-        _Relabelled(dataset, labelled["label"].to_numpy()),
-        recipe,
-        seed=seed,
-        device=resolve_device(config["device"]),
-        checkpoint=checkpoint,
-        fingerprint=recipe_fingerprint(recipe, seed, digest),
-        num_workers=config["data"]["num_workers"],
-    )
-    payload = {
-        "arch": config["backbone"]["arch"],
-        "num_classes": num_classes,
-        "recipe": recipe_kind,
-        "n_labelled": len(rows),
-        "labelled_sha256": digest,
-        "state_dict": model.cpu().state_dict(),
-        "history": history,
-    }
-    with atomic_path(out) as tmp:
-        torch.save(payload, tmp)
-    checkpoint.unlink(missing_ok=True)
-    return payload
-
-
-def finetune_and_evaluate(
-    config: dict[str, Any],
-    recipe_kind: str,
-    pool_csv: str | Path,
-    labelled_csv: str | Path,
-    test_csv: str | Path,
-    seed: int,
-    model_out: str | Path,
-    metrics_out: str | Path,
-) -> float:
-    """One evaluated round: fine-tune on the labelled set, then test accuracy (one job, one import)."""
-    finetune(config, recipe_kind, pool_csv, labelled_csv, seed, model_out)
-    return evaluate(config, model_out, test_csv, metrics_out)
-
-
-def _classifier_from(payload: dict[str, Any]) -> Classifier:
-    model = Classifier(build_backbone(payload["arch"], None), payload["num_classes"])
-    model.load_state_dict(payload["state_dict"])
-    return model.eval()
-
-
-def load_finetuned(path: str | Path) -> Classifier:
-    return _classifier_from(torch.load(path, map_location="cpu", weights_only=False))
-
-
-def evaluate(config: dict[str, Any], model_path: str | Path, test_csv: str | Path, out: str | Path) -> float:
-    """Test accuracy of a fine-tuned model; writes metrics.json."""
-    payload = torch.load(model_path, map_location="cpu", weights_only=False)
-    model = _classifier_from(payload)
-    table = read_split_table(test_csv)
-    dataset = _dataset(config, "test", table["source_index"].to_numpy(), train_mode=False)
-    probabilities, _ = predict(
-        model, dataset, batch_size=config["evaluation"]["batch_size"], device=resolve_device(config["device"]),
-        num_workers=config["data"]["num_workers"],
-    )
-    accuracy = float((probabilities.argmax(axis=1) == table["label"].to_numpy()).mean())
-    write_json(out, {"accuracy": accuracy, "n_test": len(table), "n_labelled": payload["n_labelled"], "train_method": payload["recipe"]})
-    return accuracy
-
-
-# --------------------------------------------------------------------------- ASVP feature refresh
-def refresh_features(
-    config: dict[str, Any],
-    decision_path: str | Path,
-    pool_csv: str | Path,
-    test_csv: str | Path,
-    labelled_csv: str | Path,
-    previous_features: str | Path,
-    seed: int,
-    out: str | Path,
-) -> bool:
-    """Apply a round's decision: fine-tune + re-extract when it says refresh, else link.
-
-    The fine-tune restarts from the pre-trained weights on the labels so far (paper sec. 5; the
-    official scripts likewise re-initialise every time) with the FT recipe, and is kept next to
-    the features as `refresh_model.pt` (its own epoch checkpoints make it resumable).
-    """
-    decision = read_json(decision_path)
-    if not decision["refresh_features"]:
-        feature_store.link_features(previous_features, out)
-        return False
-    model_path = Path(out).with_name("refresh_model.pt")
-    if not model_path.exists():
-        finetune(config, "ft", pool_csv, labelled_csv, seed, model_path)
-    extract(config, pool_csv, test_csv, out, model_path=model_path)
-    return True
-
-
-def recipe_for(recipe: str, decision_path: str | Path | None) -> str:
-    """'auto' (ASVP) takes the training method the round's decision chose."""
-    if recipe != "auto":
-        return recipe
-    if decision_path is None:
-        raise ValueError("recipe 'auto' needs the round's decision.json")
-    return str(read_json(decision_path)["train_method"])
+    apply_strategy(strategy_name, budget, seed, round_index, pool_csv, labelled_csv, selected_out, scores_out, probabilities)

@@ -1,6 +1,7 @@
-"""Datasets as image sources, plus the transforms and torch Dataset that feed the backbones.
+"""Datasets as image sources, plus the transforms and torch Datasets that feed the backbones.
 
 `open_source(name, root, split)` is the single entry point; see `sources.py` for the layouts.
+`make_dataset` picks the in-memory tensor path (`tensor_dataset.py`) where it applies.
 """
 
 from asvp.data.idx import read_idx
@@ -14,6 +15,7 @@ from asvp.data.sources import (
     open_source,
     read_image,
 )
+from asvp.data.tensor_dataset import TensorImageDataset, make_dataset
 from asvp.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, build_transform
 
 __all__ = [
@@ -26,7 +28,9 @@ __all__ = [
     "FileSource",
     "ImageDataset",
     "ImageSource",
+    "TensorImageDataset",
     "build_transform",
+    "make_dataset",
     "open_source",
     "read_idx",
     "read_image",

@@ -67,6 +67,21 @@ class ToNormalisedTensor:
         return f"ToNormalisedTensor(mean={self.mean.tolist()}, std={self.std.tolist()})"
 
 
+def checked_indices(source: ImageSource, indices: np.ndarray | None) -> np.ndarray:
+    """`indices` as (n,) int64 source indices (all of them when None); DataError naming a bad one."""
+    n = len(source)
+    idx = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices)
+    if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
+        raise DataError(f"indices into {source.name}/{source.split} must be a 1-D integer array, "
+                        f"got dtype {idx.dtype} shape {idx.shape}.")
+    idx = idx.astype(np.int64, copy=False)
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        bad = int(idx[(idx < 0) | (idx >= n)][0])
+        raise DataError(f"index {bad} is not in {source.name}/{source.split} (it has 0..{n - 1}); "
+                        "the index list was made for another dataset or split.")
+    return idx
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """Items `(image, label, position)` for the source items listed in `indices`.
 
@@ -77,17 +92,7 @@ class ImageDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, source: ImageSource, indices: np.ndarray | None, transform: Transform):
-        n = len(source)
-        idx = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices)
-        if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
-            raise DataError(f"indices into {source.name}/{source.split} must be a 1-D integer array, "
-                            f"got dtype {idx.dtype} shape {idx.shape}.")
-        idx = idx.astype(np.int64, copy=False)
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            bad = int(idx[(idx < 0) | (idx >= n)][0])
-            raise DataError(f"index {bad} is not in {source.name}/{source.split} (it has 0..{n - 1}); "
-                            "the index list was made for another dataset or split.")
-        self.source, self.indices, self.transform = source, idx, transform
+        self.source, self.indices, self.transform = source, checked_indices(source, indices), transform
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -1,0 +1,284 @@
+"""Fine-tune on a labelled set and measure test accuracy: the evaluate and refresh steps.
+
+Three things a user reading the curves relies on live here:
+  * a fine-tune is keyed by what determines it (labelled set, recipe, backbone, data, seed, test
+    set), and its result is cached under `<experiment>/finetunes/<key>.json`: round 0's labelled
+    set is the same for every method and strategy of a seed, and an ASVP refresh fine-tunes the
+    labels its evaluation fine-tunes again, so equal inputs share one fine-tune. A lock file
+    makes a second job with the same key wait for the first instead of training twice;
+  * models are kept only where a later step reads them (standard AL's selection, a refresh's
+    re-extraction) or the user asks (`evaluation.keep_models`);
+  * a divergence guard marks a fine-tune whose loss rose or whose accuracy is near chance
+    (`status: diverged`), and stops the run with `evaluation.on_divergence: fail`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from asvp.atomic import atomic_path, read_json, write_json
+from asvp.errors import DataError
+from asvp.pool import read_labelled, read_split_table
+from asvp import features as feature_store
+from asvp.rounds import _dataset, _pretrained_backbone, extract, resolve_device
+from asvp.training import Classifier, classifier_from, predict, recipe_fingerprint, recipe_from_config, train
+
+CACHE_VERSION = 2  # bump when training or evaluation code changes what a cached result means
+CHANCE_MARGIN = 0.02  # test accuracy within this of chance (1 / classes) counts as diverged
+LR_KNOBS = {"ft": "finetune.lr_backbone / finetune.lr_head", "lpft": "lpft.lr_backbone / lpft.lr_head (or lpft.lp_weight_decay)"}
+
+
+class _Relabelled(torch.utils.data.Dataset):
+    """Train on the oracle's labels (labelled.csv), not whatever the dataset files say."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, labels: np.ndarray) -> None:
+        self.dataset, self.labels = dataset, torch.tensor(labels, dtype=torch.int64)  # a copy: labels may be read-only
+        if hasattr(dataset, "batch"):
+            self.batch = self._batch
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, position: int):  # type: ignore[no-untyped-def]
+        image, _, index = self.dataset[position]
+        return image, self.labels[position], index
+
+    def _batch(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, _, index = self.dataset.batch(positions)  # type: ignore[attr-defined]
+        return images, self.labels[index], index
+
+
+def finetune_key(config: dict[str, Any], recipe_kind: str, labelled: Any, seed: int, test_csv: str | Path) -> str:
+    """What determines a fine-tune's result, hashed: equal keys give equal models and accuracies."""
+    recipe = recipe_from_config(recipe_kind, config)
+    identity = {
+        "version": CACHE_VERSION,
+        "recipe": asdict(recipe),
+        "labelled": hashlib.sha256(labelled[["pool_index", "label"]].to_numpy().tobytes()).hexdigest(),
+        "seed": seed,
+        "backbone": config["backbone"],
+        "data": config["data"],
+        "device": str(resolve_device(config["device"])),
+        "test": hashlib.sha256(Path(test_csv).read_bytes()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+@contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock` (blocking): one process trains a key at a time."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def divergence(history: list[dict[str, Any]], accuracy: float, num_classes: int) -> list[str]:
+    """Why a fine-tune counts as diverged (empty: it did not)."""
+    reasons = []
+    for stage in dict.fromkeys(h["stage"] for h in history):
+        losses = [h["loss"] for h in history if h["stage"] == stage]
+        if len(losses) > 1 and losses[-1] > losses[0]:
+            reasons.append(f"{stage} loss rose from {losses[0]:.3f} (first epoch) to {losses[-1]:.3f} (last epoch)")
+    chance = 1.0 / num_classes
+    if accuracy < chance + CHANCE_MARGIN:
+        reasons.append(f"test accuracy {accuracy:.3f} is within {CHANCE_MARGIN:.2f} of chance ({chance:.3f})")
+    return reasons
+
+
+def _train_model(config: dict[str, Any], recipe_kind: str, pool_csv: str | Path, labelled: Any, seed: int,
+                 checkpoint: Path) -> tuple[Classifier, list[dict[str, Any]], int]:
+    """Fine-tune the pre-trained backbone (re-initialised every time) on the labelled set."""
+    pool = read_split_table(pool_csv)
+    rows = labelled["pool_index"].to_numpy()
+    dataset = _dataset(config, "pool", pool["source_index"].to_numpy()[rows], train_mode=True)
+    num_classes = dataset.source.num_classes
+    if int(labelled["label"].max()) >= num_classes:
+        raise DataError(f"labelled set: label {int(labelled['label'].max())} is outside 0..{num_classes - 1}")
+    backbone, _ = _pretrained_backbone(config)
+    torch.manual_seed(seed)  # the new head's initialisation is part of "same seed, same model"
+    model = Classifier(backbone, num_classes)
+    recipe = recipe_from_config(recipe_kind, config)
+    history = train(
+        model,
+        _Relabelled(dataset, labelled["label"].to_numpy()),
+        recipe,
+        seed=seed,
+        device=resolve_device(config["device"]),
+        checkpoint=checkpoint,
+        fingerprint=recipe_fingerprint(recipe, seed, checkpoint.stem),
+        num_workers=config["data"]["num_workers"],
+        checkpoint_seconds=config["finetune"]["checkpoint_seconds"],
+    )
+    return model, history, num_classes
+
+
+def test_accuracy(config: dict[str, Any], model: Classifier, test_csv: str | Path) -> float:
+    table = read_split_table(test_csv)
+    dataset = _dataset(config, "test", table["source_index"].to_numpy(), train_mode=False)
+    probabilities, _ = predict(
+        model, dataset, batch_size=config["evaluation"]["batch_size"], device=resolve_device(config["device"]),
+        num_workers=config["data"]["num_workers"],
+    )
+    return float((probabilities.argmax(axis=1) == table["label"].to_numpy()).mean())
+
+
+def finetune_and_evaluate(
+    config: dict[str, Any],
+    recipe_kind: str,
+    pool_csv: str | Path,
+    labelled_csv: str | Path,
+    test_csv: str | Path,
+    seed: int,
+    metrics_out: str | Path,
+    *,
+    cache_dir: str | Path,
+    model_out: str | Path | None = None,
+    round_index: int | None = None,
+) -> dict[str, Any]:
+    """One evaluated fine-tune: reuse the cached result for this key, or train and test once.
+
+    metrics.json holds the accuracy, the loss curve, the final training accuracy and the
+    divergence verdict. `model_out` is written only when asked (a later step reads it).
+    """
+    pool = read_split_table(pool_csv)
+    labelled = read_labelled(labelled_csv, len(pool))
+    key = finetune_key(config, recipe_kind, labelled, seed, test_csv)
+    cache_dir = Path(cache_dir)
+    cached_metrics, cached_model = cache_dir / f"{key}.json", cache_dir / f"{key}.pt"
+    keep = config["evaluation"]["keep_models"]
+    with _exclusive(cache_dir / f"{key}.lock"):
+        if cached_metrics.exists() and (model_out is None or cached_model.exists()):
+            metrics = {**read_json(cached_metrics), "reused": True}
+            print(f"reusing fine-tune {key} (same labelled set, recipe, backbone and seed)")
+            if model_out is not None:
+                _link(cached_model, Path(model_out))
+        else:
+            model, history, num_classes = _train_model(config, recipe_kind, pool_csv, labelled, seed,
+                                                       cache_dir / f"{key}.ckpt")
+            accuracy = test_accuracy(config, model, test_csv)
+            reasons = divergence(history, accuracy, num_classes)
+            metrics = {
+                "accuracy": accuracy,
+                "n_test": len(read_split_table(test_csv)),
+                "n_labelled": len(labelled),
+                "num_classes": num_classes,
+                "train_method": recipe_kind,
+                "status": "diverged" if reasons else "ok",
+                "divergence": reasons,
+                "final_train_accuracy": history[-1]["train_accuracy"] if history else None,
+                "final_loss": history[-1]["loss"] if history else None,
+                "loss_curve": history,
+                "finetune_key": key,
+                "reused": False,
+            }
+            # Models stay only where a later step reads them, or in the cache when asked to.
+            if keep:
+                _save_model(model, config, recipe_kind, labelled, history, cached_model)
+            if model_out is not None:
+                _link(cached_model, Path(model_out)) if keep else _save_model(
+                    model, config, recipe_kind, labelled, history, Path(model_out))
+            write_json(cached_metrics, {k: v for k, v in metrics.items() if k != "reused"})
+            (cache_dir / f"{key}.ckpt").unlink(missing_ok=True)
+    _guard(metrics, config, recipe_kind, round_index)
+    write_json(metrics_out, metrics)
+    return metrics
+
+
+def _guard(metrics: dict[str, Any], config: dict[str, Any], recipe_kind: str, round_index: int | None) -> None:
+    if metrics["status"] != "diverged":
+        return
+    where = f"round {round_index}" if round_index is not None else "this fine-tune"
+    message = (f"fine-tune of {where} ({recipe_kind}, {metrics['n_labelled']} labels) diverged: "
+               f"{'; '.join(metrics['divergence'])}. Lower {LR_KNOBS[recipe_kind]}.")
+    if config["evaluation"]["on_divergence"] == "fail":
+        raise DataError(message + " (evaluation.on_divergence: fail; set it to warn to record and go on)")
+    print(f"WARNING: {message}")
+
+
+def _save_model(model: Classifier, config: dict[str, Any], recipe_kind: str, labelled: Any,
+                history: list[dict[str, Any]], out: Path) -> None:
+    payload = {
+        "arch": config["backbone"]["arch"],
+        "num_classes": model.head.out_features,
+        "recipe": recipe_kind,
+        "n_labelled": len(labelled),
+        "state_dict": model.cpu().state_dict(),
+        "history": history,
+    }
+    with atomic_path(out) as tmp:
+        torch.save(payload, tmp)
+
+
+def _link(source: Path, out: Path) -> None:
+    """A hard link where the file system allows (no second copy on disk), else a copy; atomic."""
+    with atomic_path(out) as tmp:
+        try:
+            tmp.unlink(missing_ok=True)
+            tmp.hardlink_to(source)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+
+def load_finetuned(path: str | Path) -> Classifier:
+    return classifier_from(torch.load(path, map_location="cpu", weights_only=False))
+
+
+def recipe_for(recipe: str, decision_path: str | Path | None) -> str:
+    """'auto' (ASVP) takes the training method the round's decision chose."""
+    if recipe != "auto":
+        return recipe
+    if decision_path is None:
+        raise ValueError("recipe 'auto' needs the round's decision.json")
+    return str(read_json(decision_path)["train_method"])
+
+
+def refresh_features(
+    config: dict[str, Any],
+    decision_path: str | Path,
+    pool_csv: str | Path,
+    test_csv: str | Path,
+    labelled_csv: str | Path,
+    previous_features: str | Path,
+    seed: int,
+    out: str | Path,
+    *,
+    cache_dir: str | Path,
+    round_index: int | None = None,
+) -> bool:
+    """Apply a round's decision: fine-tune + re-extract when it says refresh, else link.
+
+    The fine-tune restarts from the pre-trained weights on the labels so far (paper sec. 5; the
+    official scripts likewise re-initialise every time) with the FT recipe. It is tested like
+    an evaluation and cached under the same key, so the round's evaluation (FT from the
+    refresh on) reuses it instead of training the same labels twice. `refresh_model.pt` lives
+    until the re-extraction is complete (a killed extraction resumes from it), then goes
+    unless `evaluation.keep_models`.
+    """
+    decision = read_json(decision_path)
+    if not decision["refresh_features"]:
+        feature_store.link_features(previous_features, out)
+        return False
+    model_path = Path(out).with_name("refresh_model.pt")
+    if not model_path.exists():
+        metrics_out = Path(out).with_name("refresh_finetune.json")  # its loss curve and test accuracy, for the record
+        finetune_and_evaluate(config, "ft", pool_csv, labelled_csv, test_csv, seed, metrics_out, cache_dir=cache_dir,
+                              model_out=model_path, round_index=round_index)
+    extract(config, pool_csv, test_csv, out, model_path=model_path)
+    if not config["evaluation"]["keep_models"]:
+        model_path.unlink()
+    return True

@@ -1,0 +1,101 @@
+"""The cheap per-round jobs never import torch (issue 7, point 6).
+
+`import torch` costs 3-5 s on a busy 2-core machine, more than these jobs' whole work, and a
+run has several of them per round. Each command runs here as the rules run it (`python -m
+asvp ...`, with `--threads` where the rule passes it) on small real files, in a fresh
+interpreter that reports which heavy modules were loaded when it exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asvp.atomic import read_json, write_csv
+from asvp.config import validate_config
+from asvp.features import write_features
+from asvp.pool import split_table
+
+REPO = Path(__file__).resolve().parents[1]
+POOL, TEST, DIM, CLASSES = 60, 12, 8, 3
+
+# Runs `python -m asvp <args>` and prints the heavy modules loaded by the time it finished.
+REPORT_IMPORTS = """
+import runpy, sys, traceback
+sys.argv = ["asvp", *sys.argv[1:]]
+code = 0
+try:
+    runpy.run_module("asvp", run_name="__main__", alter_sys=True)
+except SystemExit as exc:
+    code = exc.code
+except Exception:
+    traceback.print_exc()
+    code = 1
+print("heavy modules:", sorted(name for name in ("torch", "torchvision") if name in sys.modules))
+sys.exit(code)
+"""
+
+
+def asvp(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", REPORT_IMPORTS, *args], cwd=workdir, capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+def assert_torch_free(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "heavy modules: []" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.fixture
+def run_files(tmp_path: Path) -> Path:
+    """pool.csv, test.csv and a complete features.h5 for them (separable classes, so PED moves)."""
+    rng = np.random.default_rng(0)
+    for name, n in (("pool", POOL), ("test", TEST)):
+        labels = np.arange(n) % CLASSES
+        write_csv(tmp_path / f"{name}.csv", split_table(np.arange(n), [f"train/{i:06d}" for i in range(n)], labels))
+    splits = {}
+    for name, n in (("pool", POOL), ("test", TEST)):
+        labels = np.arange(n) % CLASSES
+        features = rng.normal(size=(n, DIM)).astype(np.float32) + 0.5 * np.eye(DIM, dtype=np.float32)[labels]
+        splits[name] = (features, labels, [f"train/{i:06d}" for i in range(n)])
+    write_features(tmp_path / "features.h5", splits, attrs={"backbone": "test", "num_classes": CLASSES})
+    return tmp_path
+
+
+def test_select_initial_label_decide_random_select_and_a_pass_through_refresh_import_no_torch(run_files: Path) -> None:
+    r0 = run_files / "round000"
+    assert_torch_free(asvp(run_files, "select-initial", "--pool", "pool.csv", "--budget", "15", "--seed", "0",
+                           "--out", "round000/selected.csv"))
+    assert_torch_free(asvp(run_files, "label", "--selected", "round000/selected.csv", "--pool", "pool.csv",
+                           "--round", "0", "--out", "round000/labelled.csv"))
+    decision = json.dumps({"decision": validate_config({"experiment": "t"})["decision"]})
+    assert_torch_free(asvp(run_files, "--threads", "2", "decide", "--config-json", decision, "--features", "features.h5",
+                           "--labelled", "round000/labelled.csv", "--seed", "0", "--round", "0",
+                           "--out", "round000/decision.json"))
+    assert read_json(r0 / "decision.json")["refresh_features"] is False  # round 0: keep
+    assert_torch_free(asvp(run_files, "--threads", "2", "refresh-features", "--config-json", "{}",
+                           "--decision", "round000/decision.json", "--pool", "pool.csv", "--test", "test.csv",
+                           "--labelled", "round000/labelled.csv", "--previous-features", "features.h5",
+                           "--seed", "0", "--out", "round000/features.h5"))
+    assert (r0 / "features.h5").is_symlink() and (r0 / "features.h5").resolve() == (run_files / "features.h5").resolve()
+    assert len((r0 / "labelled.csv").read_text().splitlines()) == 16
+    # The random baseline's later rounds score with no model either.
+    assert_torch_free(asvp(run_files, "select", "--strategy", "random", "--budget", "10", "--seed", "0", "--round", "1",
+                           "--pool", "pool.csv", "--labelled", "round000/labelled.csv",
+                           "--selected-out", "round001/selected.csv", "--scores-out", "round001/scores.npy"))
+    assert len((run_files / "round001/selected.csv").read_text().splitlines()) == 11
+
+
+def test_the_import_report_does_see_torch_when_a_command_loads_it(run_files: Path) -> None:
+    """Guards the test above against passing vacuously: train-proxy needs torch and must show it."""
+    result = asvp(run_files, "--threads", "1", "train-proxy", "--config-json", '{"proxy": {}}', "--features", "missing.h5",
+                  "--labelled", "missing.csv", "--seed", "0", "--round", "1", "--out", "proxy.pt")
+    assert result.returncode == 2 and "missing.h5 does not exist" in result.stderr, result.stderr
+    assert "'torch'" in result.stdout, result.stdout + result.stderr
