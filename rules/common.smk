@@ -129,6 +129,12 @@ def finetune_cfg(wildcards):
     return cfg_json("data", "backbone", "finetune", "evaluation", "device", *extra)
 
 
+def share_model_flag(wildcards):
+    """Round 0 is the same fine-tune for every method of a seed; standard AL needs its model."""
+    shared = int(wildcards.r) == 0 and any(m in STANDARD_METHODS for m in config["methods"])
+    return "--share-model" if shared else ""
+
+
 def train_recipe(wildcards):
     """FT by default; LP-FT for the LP-FT baseline; ASVP reads its round's decision at run time."""
     return {"standard_lpft": "lpft", "asvp": "auto"}.get(wildcards.method, "ft")

@@ -17,6 +17,7 @@ rule evaluate:
         decision=lambda w, input: f"--decision {input.decision}" if "decision" in input.keys() else "",
         cfg=lambda w: finetune_cfg(w),
         cache=FINETUNES,
+        share=share_model_flag,
     threads: JOB_THREADS
     resources:
         gpu=1 if config["device"] == "cuda" else 0,
@@ -27,7 +28,7 @@ rule evaluate:
     shell:
         "{ASVP} --threads {threads} evaluate --config-json {params.cfg} --recipe {params.recipe} "
         "{params.decision} --pool {input.pool} --labelled {input.labelled} --test {input.test} "
-        "--seed {wildcards.seed} --round {wildcards.r} --cache-dir {params.cache} --out {output.metrics} > {log} 2>&1"
+        "--seed {wildcards.seed} --round {wildcards.r} --cache-dir {params.cache} {params.share} --out {output.metrics} > {log} 2>&1"
 
 
 rule finetune_standard:
@@ -44,6 +45,7 @@ rule finetune_standard:
         recipe=train_recipe,
         cfg=lambda w: finetune_cfg(w),
         cache=FINETUNES,
+        share=share_model_flag,
     threads: JOB_THREADS
     resources:
         gpu=1 if config["device"] == "cuda" else 0,
@@ -54,4 +56,5 @@ rule finetune_standard:
     shell:
         "{ASVP} --threads {threads} evaluate --config-json {params.cfg} --recipe {params.recipe} "
         "--pool {input.pool} --labelled {input.labelled} --test {input.test} --seed {wildcards.seed} "
-        "--round {wildcards.r} --cache-dir {params.cache} --model-out {output.model} --out {output.metrics} > {log} 2>&1"
+        "--round {wildcards.r} --cache-dir {params.cache} {params.share} --model-out {output.model} "
+        "--out {output.metrics} > {log} 2>&1"

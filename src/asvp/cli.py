@@ -119,7 +119,7 @@ def run_command(args: argparse.Namespace) -> None:
         recipe = evaluation.recipe_for(args.recipe, args.decision)
         metrics = evaluation.finetune_and_evaluate(
             _config(args), recipe, args.pool, args.labelled, args.test, args.seed, args.out,
-            cache_dir=args.cache_dir, model_out=args.model_out, round_index=args.round,
+            cache_dir=args.cache_dir, model_out=args.model_out, share_model=args.share_model, round_index=args.round,
         )
         print(f"{recipe} accuracy {metrics['accuracy']:.4f} ({metrics['status']})")
     else:  # pragma: no cover - argparse rejects unknown commands
@@ -198,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("--pool", "--labelled", "--test", "--out", "--cache-dir"):
         p.add_argument(name, required=True)
     p.add_argument("--model-out", help="also write the fine-tuned model (a later step reads it)")
+    p.add_argument("--share-model", action="store_true", help="keep the model in the cache for other jobs")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--round", type=int, default=None)
     p.add_argument("--decision", help="the round's decision.json (with --recipe auto)")

@@ -148,19 +148,22 @@ def finetune_and_evaluate(
     *,
     cache_dir: str | Path,
     model_out: str | Path | None = None,
+    share_model: bool = False,
     round_index: int | None = None,
 ) -> dict[str, Any]:
     """One evaluated fine-tune: reuse the cached result for this key, or train and test once.
 
     metrics.json holds the accuracy, the loss curve, the final training accuracy and the
     divergence verdict. `model_out` is written only when asked (a later step reads it).
+    `share_model` keeps the model in the cache too, for a fine-tune another job will want the
+    model of (round 0, when standard AL selects round 1 with it).
     """
     pool = read_split_table(pool_csv)
     labelled = read_labelled(labelled_csv, len(pool))
     key = finetune_key(config, recipe_kind, labelled, seed, test_csv)
     cache_dir = Path(cache_dir)
     cached_metrics, cached_model = cache_dir / f"{key}.json", cache_dir / f"{key}.pt"
-    keep = config["evaluation"]["keep_models"]
+    keep = config["evaluation"]["keep_models"] or share_model
     with _exclusive(cache_dir / f"{key}.lock"):
         if cached_metrics.exists() and (model_out is None or cached_model.exists()):
             metrics = {**read_json(cached_metrics), "reused": True}

@@ -7,7 +7,6 @@ them. Nothing here knows about Snakemake.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +15,14 @@ import torch
 
 from asvp import extraction
 from asvp import features as feature_store
-from asvp.atomic import atomic_path, read_json, write_csv, write_json, write_npy
+from asvp.atomic import write_csv, write_json
 from asvp.backbones import build_backbone, file_sha256, resolve_checkpoint
 from asvp.data import ImageDataset, build_transform, open_source
-from asvp.errors import ConfigError, DataError
-from asvp.pool import read_labelled, read_split_table, split_table, subset_indices, unlabelled_indices, write_selected
+from asvp.errors import ConfigError
+from asvp.pool import read_labelled, read_split_table, split_table, subset_indices, unlabelled_indices
 from asvp.queries import apply_strategy
 from asvp.proxy import ProxyRecipe, load_proxy, proxy_outputs, save_proxy, train_proxy
-from asvp.strategies import PoolState, get_strategy
+from asvp.strategies import get_strategy
 from asvp.training import classifier_from, predict
 
 

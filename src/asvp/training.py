@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from asvp.atomic import atomic_path
+from asvp.batching import batch_positions, epoch_seed, iterate_batches, recalibrate_batchnorm
 from asvp.errors import DataError
 from asvp.precision import autocast_dtype, inference_autocast
+from asvp.probe import fit_linear_probe
 
 
 @dataclass(frozen=True)
@@ -124,45 +126,6 @@ def lr_factor(stage: Stage, plan: StagePlan, step: int) -> float:
         return warmup * max(0.0, math.cos(math.pi * 7 / 16 * step / plan.steps))
     passed = sum(1 for m in stage.milestones if m < len(plan.epoch_starts) and plan.epoch_starts[m] <= step)
     return warmup * 0.1**passed
-
-
-def _epoch_seed(seed: int, stage_index: int, epoch: int) -> int:
-    return (seed * 1_000_003 + stage_index * 10_007 + epoch) % (2**63 - 1)
-
-
-def batch_positions(n: int, batch: int, first_step: int, last_step: int, seed: int, stage_index: int) -> np.ndarray:
-    """(steps, batch) int64 dataset positions for steps [first_step, last_step) of a stage.
-
-    Batches are consecutive slices of an endless stream of seeded permutations of the training
-    set, so every batch is full and any step's batch can be rebuilt on resume without replaying.
-    """
-    start, stop = first_step * batch, last_step * batch
-    permutations = [
-        np.random.default_rng([seed, stage_index, j]).permutation(n) for j in range(start // n, (stop - 1) // n + 1)
-    ]
-    stream = np.concatenate(permutations)
-    offset = (start // n) * n
-    return stream[start - offset : stop - offset].reshape(last_step - first_step, batch).astype(np.int64)
-
-
-def _batches(
-    dataset: Dataset, positions: Sequence[np.ndarray], num_workers: int, device: torch.device, seed: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (images, labels) for each array of dataset positions; in-memory datasets augment whole batches."""
-    if hasattr(dataset, "batch"):
-        for row in positions:
-            images, labels, _ = dataset.batch(row)  # type: ignore[attr-defined]
-            yield images, labels
-        return
-    loader = DataLoader(
-        dataset,
-        batch_sampler=[np.asarray(row).tolist() for row in positions],
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(seed),
-    )
-    for images, labels, *_ in loader:
-        yield images, labels
 
 
 def first_epoch_of(state: dict[str, Any] | None, stage_index: int, start_stage: int, start_epoch: int) -> int:
@@ -281,11 +244,11 @@ def train(
         log(f"{stage.name}: {plan.steps} steps of {plan.batch} images over {stage.epochs} epochs ({n} labelled)")
         for epoch in range(first_epoch, stage.epochs):
             first, last = plan.epoch_starts[epoch], plan.epoch_starts[epoch + 1]
-            epoch_seed = _epoch_seed(seed, stage_index, epoch)
-            torch.manual_seed(epoch_seed)
+            this_seed = epoch_seed(seed, stage_index, epoch)
+            torch.manual_seed(this_seed)
             positions = batch_positions(n, plan.batch, first, last, seed, stage_index) if last > first else np.zeros((0, plan.batch), np.int64)
             loss, accuracy = _train_steps(
-                model, _batches(dataset, positions, num_workers, device, epoch_seed), optimizer, scheduler, scaler, device
+                model, iterate_batches(dataset, positions, num_workers, device, this_seed), optimizer, scheduler, scaler, device
             )
             if not math.isfinite(loss):
                 raise DataError(
@@ -307,66 +270,6 @@ def train(
     return history
 
 
-LBFGS_ITERATIONS_PER_EPOCH = 25
-
-
-def fit_linear_probe(
-    model: Classifier,
-    dataset: Dataset,
-    stage: Stage,
-    batch_size: int,
-    *,
-    seed: int,
-    device: torch.device,
-    num_workers: int = 0,
-    log: Callable[[str], None] = print,
-) -> list[dict[str, Any]]:
-    """LP as L2-regularised logistic regression on frozen features, solved with L-BFGS.
-
-    Kumar et al. (2022) fit LP-FT's probe this way. Unlike SGD at a fixed lr (the official code:
-    lr 0.5), it converges whatever the scale of the backbone's features: at lr 0.5 the probe
-    diverged on the default once BatchNorm was recalibrated (loss 2.6 -> 72 in 5 epochs) and on
-    a MoCo-style ResNet-18 (4.2 -> 208). `stage.weight_decay` is the L2 strength; it keeps the
-    head FT inherits from growing without bound on separable data (a few hundred labels in 1280
-    dimensions always are). One forward pass; each "epoch" is 25 L-BFGS iterations.
-    """
-    torch.manual_seed(_epoch_seed(seed, 98, 0))
-    n = len(dataset)  # type: ignore[arg-type]
-    rows = np.array_split(np.arange(n, dtype=np.int64), math.ceil(n / min(batch_size, n)))
-    model.backbone.eval()
-    features, labels = [], []
-    with torch.no_grad():
-        for images, batch_labels in _batches(dataset, rows, num_workers, device, seed):
-            with inference_autocast(device):
-                features.append(model.backbone(images.to(device)).float())
-            labels.append(batch_labels.to(device))
-    x, y = torch.cat(features), torch.cat(labels)
-    head = model.head
-    optimizer = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=LBFGS_ITERATIONS_PER_EPOCH,
-                                  history_size=20, line_search_fn="strong_wolfe")
-    loss_fn = nn.CrossEntropyLoss()
-
-    def objective() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(head(x), y) + 0.5 * stage.weight_decay * head.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    history = []
-    for epoch in range(stage.epochs):
-        optimizer.step(objective)
-        with torch.no_grad():
-            logits = head(x)
-            loss = float(loss_fn(logits, y))
-            accuracy = float((logits.argmax(1) == y).float().mean())
-        if not math.isfinite(loss):
-            raise DataError(f"linear probe loss became {loss}; raise lpft.lp_weight_decay")
-        history.append({"stage": stage.name, "epoch": epoch + 1, "steps": LBFGS_ITERATIONS_PER_EPOCH, "loss": loss,
-                        "train_accuracy": accuracy})
-        log(f"{stage.name} epoch {epoch + 1}/{stage.epochs} (L-BFGS) loss {loss:.4f} train acc {accuracy:.3f}")
-    return history
-
-
 def _save_checkpoint(path: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer,
                      scheduler: torch.optim.lr_scheduler.LRScheduler, history: list[dict[str, Any]],
                      stage_index: int, epoch: int) -> None:
@@ -385,39 +288,24 @@ def _save_checkpoint(path: Path, fingerprint: str, model: nn.Module, optimizer: 
         )
 
 
-def recalibrate_batchnorm(
-    model: Classifier, dataset: Dataset, batch_size: int, *, seed: int, device: torch.device, num_workers: int = 0
-) -> None:
-    """Recompute BatchNorm running statistics as exact averages over the training set.
-
-    With few optimizer steps (a few hundred labels, batch 128) BatchNorm's running averages
-    (momentum 0.1) still carry 10-20 % of the pre-training statistics, so eval mode sees other
-    features than training did. Measured on the default (MobileNetV2, Fashion-MNIST at 32 px,
-    100 labels): LP-FT test accuracy 0.12-0.22 without this pass, 0.63 with it. One extra
-    forward pass over the labelled set in near-equal batches (torch's `update_bn` weights every
-    batch alike, so a short last batch would count as much as a full one).
-    """
-    torch.manual_seed(_epoch_seed(seed, 99, 0))
-    n = len(dataset)  # type: ignore[arg-type]
-    rows = np.array_split(np.arange(n, dtype=np.int64), math.ceil(n / min(batch_size, n)))
-    model.train()
-    with torch.no_grad():
-        inputs = ((images,) for images, _ in _batches(dataset, rows, num_workers, device, seed))
-        torch.optim.swa_utils.update_bn(inputs, model, device=device)
-    model.eval()
-
-
 @torch.inference_mode()
 def predict(
     model: Classifier, dataset: Dataset, *, batch_size: int, device: torch.device, num_workers: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities (N, C) float32 and backbone features (N, D) float32, in dataset order."""
-    model.to(device).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    """Softmax probabilities (N, C) float32 and backbone features (N, D) float32, in dataset order.
+
+    channels_last (as extraction): at 32 px it roughly doubles CPU inference; autocast on CUDA.
+    """
+    model.to(device).eval().to(memory_format=torch.channels_last)
+    n = len(dataset)  # type: ignore[arg-type]
+    rows = [np.arange(start, min(start + batch_size, n), dtype=np.int64) for start in range(0, n, batch_size)]
     probs, feats = [], []
-    for images, *_ in loader:
-        features = model.backbone(images.to(device))
-        probs.append(torch.softmax(model.head(features), dim=1).float().cpu().numpy())
+    for images, _ in iterate_batches(dataset, rows, num_workers, device, seed=0):
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with inference_autocast(device):
+            features = model.backbone(images)
+            logits = model.head(features)
+        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         feats.append(features.float().cpu().numpy())
     return np.concatenate(probs), np.concatenate(feats)
 
