@@ -35,3 +35,9 @@ rule all:
         all_rounds(),
         all_metrics(),
         f"{RES}/summary.csv",
+
+
+onsuccess:
+    from asvp.report import run_notice
+
+    print(run_notice(f"{RES}/summary.csv"), file=sys.stderr)

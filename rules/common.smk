@@ -43,6 +43,11 @@ try:
 except (TypeError, ValueError):  # --cores all / unset: let the scheduler cap it
     JOB_THREADS = 2
 
+# The selection chain (select, label, decide, refresh, proxy) is a long sequence of small jobs
+# per run; evaluation fine-tunes hang off it. Scheduling the chain first lets the fine-tunes
+# fill the gaps, instead of leaving one chain to run alone at the end on one core.
+SELECTION_PRIORITY = 10
+
 PROXY_METHODS = ("svpp", "asvp")
 STANDARD_METHODS = ("standard", "standard_lpft")
 UNSUPPORTED_METHODS = {

@@ -15,6 +15,7 @@ rule decide:
         cfg=cfg_json("decision"),
         previous=lambda w, input: f"--previous {input.previous}" if "previous" in input.keys() else "",
     threads: 1
+    priority: SELECTION_PRIORITY
     log:
         f"{ROUND}/logs/decide.log",
     benchmark:
@@ -44,6 +45,7 @@ rule refresh_features:
         # Re-evaluated once decision.json exists: a pass-through round asks for no GPU.
         gpu=lambda w, input: int(config["device"] == "cuda" and refresh_requested(input)),
         runtime=lambda w, input: 1440 if refresh_requested(input) else 5,
+    priority: SELECTION_PRIORITY
     log:
         f"{ROUND}/logs/refresh_features.log",
     benchmark:

@@ -49,6 +49,7 @@ rule finetune_standard:
     threads: JOB_THREADS
     resources:
         gpu=1 if config["device"] == "cuda" else 0,
+    priority: SELECTION_PRIORITY
     log:
         f"{ROUND}/logs/evaluate.log",
     benchmark:

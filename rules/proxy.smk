@@ -9,14 +9,17 @@ rule train_proxy:
         features=lambda w: proxy_features(w, prev_round(w)),
         labelled=lambda w: round_file(w, "labelled.csv", prev_round(w)),
     output:
-        f"{ROUND}/proxy.pt",
+        proxy=f"{ROUND}/proxy.pt",
+        weights=f"{ROUND}/proxy.npz",  # the same weights as arrays: the scoring job needs no torch
     params:
         cfg=cfg_json("proxy"),
     threads: JOB_THREADS
+    priority: SELECTION_PRIORITY
     log:
         f"{ROUND}/logs/train_proxy.log",
     benchmark:
         f"{ROUND}/benchmarks/train_proxy.tsv"
     shell:
         "{ASVP} --threads {threads} train-proxy --config-json {params.cfg} --features {input.features} "
-        "--labelled {input.labelled} --seed {wildcards.seed} --round {wildcards.r} --out {output} > {log} 2>&1"
+        "--labelled {input.labelled} --seed {wildcards.seed} --round {wildcards.r} --out {output.proxy} "
+        "--weights-out {output.weights} > {log} 2>&1"

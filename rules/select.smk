@@ -25,7 +25,7 @@ rule select_proxy:
     input:
         pool=rules.define_pool.output.pool,
         features=lambda w: proxy_features(w, prev_round(w)),
-        proxy=f"{ROUND}/proxy.pt",
+        weights=f"{ROUND}/proxy.npz",
         labelled=lambda w: round_file(w, "labelled.csv", prev_round(w)),
     output:
         selected=f"{ROUND}/selected.csv",
@@ -34,6 +34,7 @@ rule select_proxy:
         budget=lambda w: BUDGETS[int(w.r)],
         cfg=cfg_json("proxy"),
     threads: JOB_THREADS
+    priority: SELECTION_PRIORITY
     log:
         f"{ROUND}/logs/select.log",
     benchmark:
@@ -41,7 +42,7 @@ rule select_proxy:
     shell:
         "{ASVP} --threads {threads} select --strategy {wildcards.strategy} --budget {params.budget} "
         "--seed {wildcards.seed} --round {wildcards.r} --pool {input.pool} --labelled {input.labelled} "
-        "--features {input.features} --proxy {input.proxy} --config-json {params.cfg} "
+        "--features {input.features} --proxy-weights {input.weights} --config-json {params.cfg} "
         "--selected-out {output.selected} --scores-out {output.scores} > {log} 2>&1"
 
 
@@ -62,6 +63,7 @@ rule select_standard:
     threads: JOB_THREADS
     resources:
         gpu=1 if config["device"] == "cuda" else 0,
+    priority: SELECTION_PRIORITY
     log:
         f"{ROUND}/logs/select.log",
     benchmark:
@@ -85,6 +87,7 @@ rule select_random:
         scores=f"{ROUND}/scores.npy",
     params:
         budget=lambda w: BUDGETS[int(w.r)],
+    priority: SELECTION_PRIORITY
     log:
         f"{ROUND}/logs/select.log",
     benchmark:
@@ -102,6 +105,7 @@ rule label:
         f"{ROUND}/labelled.csv",
     params:
         previous=lambda w, input: f"--previous {input.previous}" if "previous" in input.keys() else "",
+    priority: SELECTION_PRIORITY
     log:
         f"{ROUND}/logs/label.log",
     benchmark:

@@ -91,6 +91,16 @@ def test_select_initial_label_decide_random_select_and_a_pass_through_refresh_im
                            "--pool", "pool.csv", "--labelled", "round000/labelled.csv",
                            "--selected-out", "round001/selected.csv", "--scores-out", "round001/scores.npy"))
     assert len((run_files / "round001/selected.csv").read_text().splitlines()) == 11
+    # SVPp/ASVP selection scores with the proxy's weights as arrays (proxy.npz), without torch.
+    rng = np.random.default_rng(1)
+    np.savez(run_files / "proxy.npz", hidden_weight=rng.normal(size=(DIM, DIM)), hidden_bias=np.zeros(DIM),
+             bn_weight=np.ones(DIM), bn_bias=np.zeros(DIM), bn_running_mean=np.zeros(DIM), bn_running_var=np.ones(DIM),
+             classifier_weight=rng.normal(size=(CLASSES, DIM)), classifier_bias=np.zeros(CLASSES))
+    assert_torch_free(asvp(run_files, "--threads", "2", "select", "--strategy", "margin", "--budget", "10", "--seed", "0",
+                           "--round", "1", "--pool", "pool.csv", "--labelled", "round000/labelled.csv",
+                           "--features", "features.h5", "--proxy-weights", "proxy.npz", "--config-json", "{}",
+                           "--selected-out", "proxy_round/selected.csv", "--scores-out", "proxy_round/scores.npy"))
+    assert len((run_files / "proxy_round/selected.csv").read_text().splitlines()) == 11
 
 
 def test_the_import_report_does_see_torch_when_a_command_loads_it(run_files: Path) -> None:

@@ -120,3 +120,20 @@ def test_unexpected_metrics_path_raises(tmp_path: Path) -> None:
     stray.write_text(json.dumps({"accuracy": 0.1, "n_labelled": 1, "train_method": "ft"}))
     with pytest.raises(ValueError, match="unexpected metrics path"):
         summarize(tmp_path / "exp", [str(stray)], tmp_path / "summary.csv")
+
+
+def test_the_run_notice_shows_mean_accuracy_and_names_every_diverged_fine_tune(tmp_path: Path) -> None:
+    from asvp.report import run_notice
+
+    summary = tmp_path / "summary.csv"
+    pd.DataFrame(
+        {
+            "method": ["random", "random", "asvp"], "strategy": ["random", "random", "margin"], "seed": [0, 1, 0],
+            "round": [2, 2, 2], "n_labelled": [300, 300, 300], "accuracy": [0.70, 0.72, 0.11],
+            "train_method": ["ft", "ft", "lpft"], "status": ["ok", "ok", "diverged"],
+        }
+    ).to_csv(summary, index=False)
+    notice = run_notice(summary)
+    assert "0.71" in notice  # random's mean over its two seeds
+    assert "WARNING: diverged fine-tune: asvp/margin/seed0 round 2 (300 labels, lpft)" in notice
+    assert run_notice(tmp_path / "missing.csv") == ""

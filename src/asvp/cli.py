@@ -3,7 +3,7 @@
 Each command parses paths and a JSON config excerpt (only the sections the step depends on,
 so that Snakemake's params trigger reruns exactly the steps a change affects) and calls one
 function in `asvp.rounds`, `asvp.queries`, `asvp.decision` or `asvp.report`. The cheap
-commands (`label`, `select-initial`, `decide`, random `select`, a pass-through `refresh-features`) never import
+commands (`label`, `select-initial`, `decide`, random and proxy `select`, a pass-through `refresh-features`) never import
 torch (tests/test_cheap_jobs.py). User errors print one line and exit with status 2.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -48,6 +49,14 @@ def run_torch_free(args: argparse.Namespace) -> bool:
 
         queries.apply_strategy(args.strategy, args.budget, args.seed, args.round, args.pool, args.labelled,
                                args.selected_out, args.scores_out)
+    elif args.command == "select" and args.proxy_weights:
+        from asvp import queries
+
+        queries.select_with_proxy(
+            args.strategy, args.budget, args.seed, args.round, args.pool, args.labelled, args.features,
+            args.proxy_weights, args.selected_out, args.scores_out,
+            _config(args).get("proxy", {}).get("inference_batch_size", 16384),
+        )
     elif args.command == "summarize":
         from asvp import report
 
@@ -98,7 +107,8 @@ def run_command(args: argparse.Namespace) -> None:
     elif args.command == "extract":
         rounds.extract(_config(args), args.pool, args.test, args.out, model_path=args.model)
     elif args.command == "train-proxy":
-        rounds.train_proxy_round(args.features, args.labelled, _config(args)["proxy"], args.seed, args.round, args.out)
+        rounds.train_proxy_round(args.features, args.labelled, _config(args)["proxy"], args.seed, args.round, args.out,
+                                 args.weights_out)
     elif args.command == "select":
         rounds.select_round(
             args.strategy, args.budget, args.seed, args.round, args.pool, args.labelled, args.selected_out,
@@ -158,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train-proxy", "train the MLP proxy on the labelled features", config=True)
     for name in ("--features", "--labelled", "--out"):
         p.add_argument(name, required=True)
+    p.add_argument("--weights-out", help="also write the weights as arrays (proxy.npz) for torch-free scoring")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--round", type=int, required=True)
 
@@ -169,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(name, required=True)
     p.add_argument("--features", help="pool features (proxy selection)")
     p.add_argument("--proxy", help="trained proxy (proxy selection)")
+    p.add_argument("--proxy-weights", help="the proxy's weights as arrays (proxy.npz): scores without torch")
     p.add_argument("--model", help="fine-tuned model.pt (standard AL selection)")
     p.add_argument("--config-json", default="{}")
 
@@ -210,8 +222,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _limit_math_threads(threads: int | None) -> None:
+    """Keep numpy's BLAS to the rule's threads (1 when none are given).
+
+    OpenBLAS otherwise starts one thread per core in every job: on the 2-core default, `decide`
+    or a numpy scoring pass running beside a 1-thread fine-tune oversubscribed the CPUs, and a
+    fine-tune's wall time rose to twice its CPU time. Set before numpy is first imported.
+    """
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads or 1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _limit_math_threads(args.threads)
     try:
         run_command(args)
     except AsvpError as exc:

@@ -34,7 +34,8 @@ from asvp import features as feature_store
 from asvp.rounds import _dataset, _pretrained_backbone, extract, resolve_device
 from asvp.training import Classifier, classifier_from, predict, recipe_fingerprint, recipe_from_config, train
 
-CACHE_VERSION = 2  # bump when training or evaluation code changes what a cached result means
+CACHE_VERSION = 3  # bump when training or evaluation code changes what a cached result means
+LOSS_TOLERANCE = 1e-4  # relative: float noise on a converged L-BFGS objective is no divergence
 CHANCE_MARGIN = 0.02  # test accuracy within this of chance (1 / classes) counts as diverged
 LR_KNOBS = {"ft": "finetune.lr_backbone / finetune.lr_head", "lpft": "lpft.lr_backbone / lpft.lr_head (or lpft.lp_weight_decay)"}
 
@@ -92,7 +93,7 @@ def divergence(history: list[dict[str, Any]], accuracy: float, num_classes: int)
     reasons = []
     for stage in dict.fromkeys(h["stage"] for h in history):
         losses = [h["loss"] for h in history if h["stage"] == stage]
-        if len(losses) > 1 and losses[-1] > losses[0]:
+        if len(losses) > 1 and losses[-1] > losses[0] * (1 + LOSS_TOLERANCE):
             reasons.append(f"{stage} loss rose from {losses[0]:.3f} (first epoch) to {losses[-1]:.3f} (last epoch)")
     chance = 1.0 / num_classes
     if accuracy < chance + CHANCE_MARGIN:

@@ -66,11 +66,14 @@ def fit_linear_probe(
         optimizer.step(objective)
         with torch.no_grad():
             logits = head(x)
-            loss = float(loss_fn(logits, y))
+            cross_entropy = float(loss_fn(logits, y))
+            # The loss is the objective L-BFGS minimises (with the L2 term), so the divergence
+            # guard compares like with like: the cross-entropy alone may rise as the L2 term falls.
+            loss = cross_entropy + 0.5 * stage.weight_decay * float(head.weight.pow(2).sum())
             accuracy = float((logits.argmax(1) == y).float().mean())
         if not math.isfinite(loss):
             raise DataError(f"linear probe loss became {loss}; raise lpft.lp_weight_decay")
         history.append({"stage": stage.name, "epoch": epoch + 1, "steps": LBFGS_ITERATIONS_PER_EPOCH, "loss": loss,
-                        "train_accuracy": accuracy})
+                        "cross_entropy": cross_entropy, "train_accuracy": accuracy})
         log(f"{stage.name} epoch {epoch + 1}/{stage.epochs} (L-BFGS) loss {loss:.4f} train acc {accuracy:.3f}")
     return history

@@ -167,3 +167,18 @@ def load_proxy(path: str | Path) -> ProxyMLP:
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model
+
+
+def save_weights(model: ProxyMLP, path: str | Path) -> None:
+    """The weights as plain arrays (proxy.npz), for the torch-free scoring job (`proxy_scoring`)."""
+    from asvp.atomic import atomic_path
+
+    linear, norm = model.hidden[0], model.hidden[1]
+    arrays = {
+        "hidden_weight": linear.weight, "hidden_bias": linear.bias,
+        "bn_weight": norm.weight, "bn_bias": norm.bias,
+        "bn_running_mean": norm.running_mean, "bn_running_var": norm.running_var,
+        "classifier_weight": model.classifier.weight, "classifier_bias": model.classifier.bias,
+    }
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a handle: np.savez would append ".npz"
+        np.savez(handle, **{name: value.detach().float().cpu().numpy() for name, value in arrays.items()})

@@ -53,6 +53,30 @@ def apply_strategy(
     write_npy(scores_out, full_scores)
 
 
+def select_with_proxy(
+    strategy_name: str,
+    budget: int,
+    seed: int,
+    round_index: int,
+    pool_csv: str | Path,
+    labelled_csv: str | Path,
+    features_path: str | Path,
+    weights_path: str | Path,
+    selected_out: str | Path,
+    scores_out: str | Path,
+    batch_size: int = 16384,
+) -> None:
+    """SVPp/ASVP selection: score the unlabelled pool with the proxy's weights (numpy, no torch)."""
+    from asvp import features as feature_store
+    from asvp.proxy_scoring import load_weights, proxy_probabilities
+
+    pool = read_split_table(pool_csv)
+    unlabelled = unlabelled_indices(len(pool), read_labelled(labelled_csv, len(pool)))
+    with feature_store.open_features(features_path) as handle:
+        probabilities = proxy_probabilities(load_weights(weights_path), handle["pool/features"], unlabelled, batch_size)
+    apply_strategy(strategy_name, budget, seed, round_index, pool_csv, labelled_csv, selected_out, scores_out, probabilities)
+
+
 def select_initial(pool_csv: str | Path, budget: int, seed: int, out: str | Path) -> None:
     """Round 0: a seeded uniform draw (every strategy starts from random labels, as in the paper)."""
     pool = read_split_table(pool_csv)

@@ -65,3 +65,21 @@ def summarize(experiment_dir: str | Path, metrics_files: list[str], out: str | P
     frame = frame[[c for c in frame.columns if not c.startswith("seconds_")] + seconds]
     write_csv(out, frame)
     return frame
+
+
+def run_notice(summary_csv: str | Path) -> str:
+    """What the terminal says after a run: mean accuracy per method and evaluation point, and
+    every diverged fine-tune, so a wrong curve is seen without opening a file."""
+    summary_csv = Path(summary_csv)
+    if not summary_csv.exists():
+        return ""
+    frame = pd.read_csv(summary_csv)
+    table = frame.groupby(["method", "strategy", "n_labelled"])["accuracy"].agg(["mean", "std", "count"])
+    lines = [f"asvp-flow: mean test accuracy ({summary_csv}):", table.round(3).to_string()]
+    diverged = frame[frame.get("status", pd.Series("ok", index=frame.index)) == "diverged"]
+    for _, row in diverged.iterrows():
+        lines.append(
+            f"WARNING: diverged fine-tune: {row['method']}/{row['strategy']}/seed{row['seed']} round {row['round']} "
+            f"({row['n_labelled']} labels, {row['train_method']}); see that round's metrics.json and logs/evaluate.log"
+        )
+    return "\n".join(lines)

@@ -21,7 +21,7 @@ from asvp.data import ImageDataset, build_transform, open_source
 from asvp.errors import ConfigError
 from asvp.pool import read_labelled, read_split_table, split_table, subset_indices, unlabelled_indices
 from asvp.queries import apply_strategy
-from asvp.proxy import ProxyRecipe, load_proxy, proxy_outputs, save_proxy, train_proxy
+from asvp.proxy import ProxyRecipe, load_proxy, proxy_outputs, save_proxy, save_weights, train_proxy
 from asvp.strategies import get_strategy
 from asvp.training import classifier_from, predict
 
@@ -110,9 +110,10 @@ def extract(
 
 # --------------------------------------------------------------------------- selection
 def train_proxy_round(
-    features_path: str | Path, labelled_csv: str | Path, proxy_config: dict[str, Any], seed: int, round_index: int, out: str | Path
+    features_path: str | Path, labelled_csv: str | Path, proxy_config: dict[str, Any], seed: int, round_index: int,
+    out: str | Path, weights_out: str | Path | None = None,
 ) -> None:
-    """Train a fresh MLP proxy on the labelled samples' features."""
+    """Train a fresh MLP proxy on the labelled samples' features (and its weights as arrays)."""
     attrs = feature_store.read_attrs(features_path)
     num_classes = int(attrs["num_classes"])
     with feature_store.open_features(features_path) as handle:
@@ -123,6 +124,8 @@ def train_proxy_round(
     recipe = ProxyRecipe.from_config(proxy_config)
     model = train_proxy(x, labelled["label"].to_numpy(), num_classes, recipe, seed=seed * 1000 + round_index)
     save_proxy(model, out, recipe, {"n_labelled": len(rows), "features": str(features_path)})
+    if weights_out is not None:
+        save_weights(model, weights_out)
 
 
 def select_round(
