@@ -207,7 +207,8 @@ def import_seconds(stderr: str) -> float:
 
 
 def bench_proxy_jobs(config: dict, n_pool: int, n_labelled: int, budget: int, repeats: int) -> Results:
-    from asvp import rounds
+    """The two jobs as the rules run them: train-proxy (torch) and select (numpy, proxy.npz)."""
+    from asvp import queries, rounds
 
     proxy_cfg = json.dumps({"proxy": config["proxy"]}, sort_keys=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -215,10 +216,11 @@ def bench_proxy_jobs(config: dict, n_pool: int, n_labelled: int, budget: int, re
         files = write_round_files(config, folder, n_pool, n_labelled)
         commands = {
             "train-proxy": ["--threads", "2", "train-proxy", "--config-json", proxy_cfg, "--features", str(files["features"]),
-                            "--labelled", str(files["labelled"]), "--seed", "0", "--round", "1", "--out", str(folder / "proxy.pt")],
+                            "--labelled", str(files["labelled"]), "--seed", "0", "--round", "1", "--out", str(folder / "proxy.pt"),
+                            "--weights-out", str(folder / "proxy.npz")],
             "select": ["--threads", "2", "select", "--strategy", "margin", "--budget", str(budget), "--seed", "0", "--round", "1",
                        "--pool", str(files["pool"]), "--labelled", str(files["labelled"]), "--features", str(files["features"]),
-                       "--proxy", str(folder / "proxy.pt"), "--config-json", proxy_cfg,
+                       "--proxy-weights", str(folder / "proxy.npz"), "--config-json", proxy_cfg,
                        "--selected-out", str(folder / "selected.csv"), "--scores-out", str(folder / "scores.npy")],
         }
 
@@ -227,10 +229,10 @@ def bench_proxy_jobs(config: dict, n_pool: int, n_labelled: int, budget: int, re
                 subprocess.run([sys.executable, "-m", "asvp", *args], check=True, capture_output=True)
 
         def in_process() -> None:
-            rounds.train_proxy_round(files["features"], files["labelled"], config["proxy"], 0, 1, folder / "proxy_in.pt")
-            rounds.select_round("margin", budget, 0, 1, files["pool"], files["labelled"], folder / "sel_in.csv",
-                                folder / "scores_in.npy", features_path=files["features"], proxy_path=folder / "proxy_in.pt",
-                                config={"proxy": config["proxy"]})
+            rounds.train_proxy_round(files["features"], files["labelled"], config["proxy"], 0, 1, folder / "proxy_in.pt",
+                                     folder / "proxy_in.npz")
+            queries.select_with_proxy("margin", budget, 0, 1, files["pool"], files["labelled"], files["features"],
+                                      folder / "proxy_in.npz", folder / "sel_in.csv", folder / "scores_in.npy")
 
         in_process()  # warm-up
         best = best_seconds({"in_process": in_process, "jobs": jobs}, repeats)
