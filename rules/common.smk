@@ -7,6 +7,7 @@ sys.setrecursionlimit(100000)  # long round chains (hundreds of rounds) recurse 
 sys.path.insert(0, f"{workflow.basedir}/src")
 
 from asvp.config import validate_config  # noqa: E402
+from asvp.decision import ABLATION_SWITCHES, settings_for_method  # noqa: E402
 from asvp.schedule import cumulative_labels, evaluation_rounds  # noqa: E402
 
 config.update(
@@ -48,7 +49,8 @@ except (TypeError, ValueError):  # --cores all / unset: let the scheduler cap it
 # fill the gaps, instead of leaving one chain to run alone at the end on one core.
 SELECTION_PRIORITY = 10
 
-PROXY_METHODS = ("svpp", "asvp")
+ASVP_METHODS = tuple(ABLATION_SWITCHES)  # asvp and its Table 3 ablations: they decide every round
+PROXY_METHODS = ("svpp", *ASVP_METHODS)
 STANDARD_METHODS = ("standard", "standard_lpft")
 UNSUPPORTED_METHODS = {
     "activeft_pre": "ActiveFT(pre) needs the ActiveFT strategy, which is not implemented yet",
@@ -124,7 +126,7 @@ def all_rounds():
         f"{RES}/{method}/{strategy}/seed{seed}/round{r:03d}/{name}"
         for r in range(N_ROUNDS)
         for method, strategy, seed in runs()
-        for name in (["labelled.csv"] + (["decision.json"] if method == "asvp" else []))
+        for name in (["labelled.csv"] + (["decision.json"] if method in ASVP_METHODS else []))
     ]
 
 
@@ -142,7 +144,14 @@ def share_model_flag(wildcards):
 
 def train_recipe(wildcards):
     """FT by default; LP-FT for the LP-FT baseline; ASVP reads its round's decision at run time."""
-    return {"standard_lpft": "lpft", "asvp": "auto"}.get(wildcards.method, "ft")
+    if wildcards.method in ASVP_METHODS:
+        return "auto"
+    return "lpft" if wildcards.method == "standard_lpft" else "ft"
+
+
+def decision_cfg(wildcards):
+    """The decision section as this ASVP method (or ablation) runs it."""
+    return shlex.quote(json.dumps({"decision": settings_for_method(wildcards.method, config["decision"])}, sort_keys=True))
 
 
 # --- input functions of the rule files (kept here so rule files only wire files) ---
@@ -180,7 +189,7 @@ def evaluate_inputs(wildcards):
         "test": rules.define_pool.output.test,
         "labelled": round_file(wildcards, "labelled.csv"),
     }
-    if wildcards.method == "asvp":
+    if wildcards.method in ASVP_METHODS:
         inputs["decision"] = round_file(wildcards, "decision.json")  # LP-FT or FT, decided per round
         # After a refresh's fine-tune (same labels, FT) the evaluation reuses it: wait for it.
         inputs["features"] = round_file(wildcards, "features.h5")
@@ -190,7 +199,7 @@ def evaluate_inputs(wildcards):
 # rules/proxy.smk
 def proxy_features(wildcards, r):
     """Features the proxy reads after round r: SVPp's never change, ASVP's follow its decisions."""
-    if wildcards.method == "asvp":
+    if wildcards.method in ASVP_METHODS:
         return round_file(wildcards, "features.h5", r)
     return rules.extract_pretrained.output[0]
 

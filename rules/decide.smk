@@ -6,13 +6,13 @@
 
 rule decide:
     wildcard_constraints:
-        method="asvp",
+        method="|".join(ASVP_METHODS),
     input:
         unpack(decide_inputs),
     output:
         f"{ROUND}/decision.json",
     params:
-        cfg=cfg_json("decision"),
+        cfg=decision_cfg,
         previous=lambda w, input: f"--previous {input.previous}" if "previous" in input.keys() else "",
     threads: 1
     priority: SELECTION_PRIORITY
@@ -28,7 +28,7 @@ rule decide:
 
 rule refresh_features:
     wildcard_constraints:
-        method="asvp",
+        method="|".join(ASVP_METHODS),
     input:
         decision=f"{ROUND}/decision.json",
         labelled=f"{ROUND}/labelled.csv",

@@ -35,6 +35,22 @@ from asvp.logme import logme
 from asvp.ped import ped
 from asvp.pool import read_labelled, unlabelled_indices
 
+# The paper's Table 3 ablations as methods of their own, so one experiment runs all three:
+# "features only" refreshes the features but always trains the final model with FT; "training
+# only" keeps the pre-trained features (it selects as SVPp does) and switches LP-FT -> FT.
+ABLATION_SWITCHES: dict[str, dict[str, bool]] = {
+    "asvp": {},
+    "asvp_features_only": {"training_alignment": False},
+    "asvp_training_only": {"feature_alignment": False},
+}
+
+
+def settings_for_method(method: str, decision_config: dict[str, Any]) -> dict[str, Any]:
+    """The decision section as `method` runs it: the config's, with the ablation's switch off."""
+    if method not in ABLATION_SWITCHES:
+        raise ValueError(f"method {method!r} makes no refresh decisions; ASVP methods: {sorted(ABLATION_SWITCHES)}")
+    return {**decision_config, **ABLATION_SWITCHES[method]}
+
 
 def decide_round(
     labelled_features: np.ndarray,

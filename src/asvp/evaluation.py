@@ -34,7 +34,7 @@ from asvp import features as feature_store
 from asvp.rounds import _dataset, _pretrained_backbone, extract, resolve_device
 from asvp.training import Classifier, classifier_from, predict, recipe_fingerprint, recipe_from_config, train
 
-CACHE_VERSION = 3  # bump when training or evaluation code changes what a cached result means
+CACHE_VERSION = 4  # bump when training or evaluation code changes what a cached result means
 LOSS_TOLERANCE = 1e-4  # relative: float noise on a converged L-BFGS objective is no divergence
 CHANCE_MARGIN = 0.02  # test accuracy within this of chance (1 / classes) counts as diverged
 LR_KNOBS = {"ft": "finetune.lr_backbone / finetune.lr_head", "lpft": "lpft.lr_backbone / lpft.lr_head (or lpft.lp_weight_decay)"}
@@ -128,14 +128,23 @@ def _train_model(config: dict[str, Any], recipe_kind: str, pool_csv: str | Path,
     return model, history, num_classes
 
 
-def test_accuracy(config: dict[str, Any], model: Classifier, test_csv: str | Path) -> float:
+def test_accuracy(config: dict[str, Any], model: Classifier, test_csv: str | Path) -> tuple[float, list[float | None]]:
+    """Overall test accuracy and per-class accuracy (None for a class with no test image)."""
     table = read_split_table(test_csv)
     dataset = _dataset(config, "test", table["source_index"].to_numpy(), train_mode=False)
     probabilities, _ = predict(
         model, dataset, batch_size=config["evaluation"]["batch_size"], device=resolve_device(config["device"]),
         num_workers=config["data"]["num_workers"],
     )
-    return float((probabilities.argmax(axis=1) == table["label"].to_numpy()).mean())
+    truth = table["label"].to_numpy()
+    correct = probabilities.argmax(axis=1) == truth
+    return float(correct.mean()), per_class_accuracy(correct, truth, probabilities.shape[1])
+
+
+def per_class_accuracy(correct: np.ndarray, truth: np.ndarray, num_classes: int) -> list[float | None]:
+    counts = np.bincount(truth, minlength=num_classes)
+    hits = np.bincount(truth, weights=correct.astype(np.float64), minlength=num_classes)
+    return [float(h / c) if c else None for h, c in zip(hits, counts)]
 
 
 def finetune_and_evaluate(
@@ -174,10 +183,11 @@ def finetune_and_evaluate(
         else:
             model, history, num_classes = _train_model(config, recipe_kind, pool_csv, labelled, seed,
                                                        cache_dir / f"{key}.ckpt")
-            accuracy = test_accuracy(config, model, test_csv)
+            accuracy, class_accuracy = test_accuracy(config, model, test_csv)
             reasons = divergence(history, accuracy, num_classes)
             metrics = {
                 "accuracy": accuracy,
+                "per_class_accuracy": class_accuracy,
                 "n_test": len(read_split_table(test_csv)),
                 "n_labelled": len(labelled),
                 "num_classes": num_classes,

@@ -16,7 +16,7 @@ import pandas as pd
 from asvp.atomic import read_json, write_csv
 
 ROUND_PATH = re.compile(r"(?P<method>[^/]+)/(?P<strategy>[^/]+)/seed(?P<seed>\d+)/round(?P<round>\d{3})/metrics\.json$")
-FEATURE_METHODS = {"svpp", "asvp", "activeft_pre"}
+FEATURE_METHODS = {"svpp", "asvp", "asvp_features_only", "asvp_training_only", "activeft_pre"}
 
 
 def _benchmark_seconds(path: Path) -> float:

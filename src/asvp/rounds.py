@@ -51,7 +51,17 @@ def define_pool(config: dict[str, Any], pool_out: str | Path, test_out: str | Pa
         write_csv(out, split_table(indices, [source.sample_id(int(i)) for i in indices], source.labels[indices]))
         sizes[split] = len(indices)
         num_classes = source.num_classes
-    write_json(info_out, {"dataset": data["dataset"], "num_classes": num_classes, "pool_size": sizes["train"], "test_size": sizes["test"]})
+        classes = class_names(source)
+    write_json(info_out, {"dataset": data["dataset"], "num_classes": num_classes, "classes": classes,
+                          "pool_size": sizes["train"], "test_size": sizes["test"]})
+
+
+def class_names(source: Any) -> list[str]:
+    """Class names in label order (index i names label i), so reports speak of "Bag", not 7.
+
+    A split whose listing lacks its highest classes (a small custom Pets split) gets "class <i>"."""
+    names = [str(c) for c in source.classes][: source.num_classes]
+    return names + [f"class {i}" for i in range(len(names), source.num_classes)]
 
 
 def _pretrained_backbone(config: dict[str, Any]) -> tuple[torch.nn.Module, Path | None]:
