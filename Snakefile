@@ -20,6 +20,9 @@ min_version("9.0")
 configfile: "workflow_config.yaml"
 
 
+report: "rules/captions/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/features.smk"
 include: "rules/select.smk"
@@ -35,6 +38,7 @@ rule all:
         all_rounds(),
         all_metrics(),
         f"{RES}/summary.csv",
+        rules.report_figures.output,
 
 
 onsuccess:

@@ -1,12 +1,50 @@
-# One table for the whole experiment: accuracy and stage timings per round.
+# The experiment's tables (summarize) and the paper's yardstick on them (report_figures): the
+# figures and tables `snakemake --report report.html` gathers, with the captions in captions/.
 
 
 rule summarize:
     input:
-        all_metrics(),
+        metrics=all_metrics(),
+        rounds=all_rounds(),
+        dataset=rules.define_pool.output.info,
     output:
-        f"{RES}/summary.csv",
+        summary=f"{RES}/summary.csv",
+        rounds=f"{RES}/rounds.csv",
+        decisions=f"{RES}/decisions.csv",
+        class_counts=f"{RES}/class_counts.csv",
+    params:
+        n_rounds=N_ROUNDS,
     log:
         f"{RES}/logs/summarize.log",
     shell:
-        "{ASVP} summarize --experiment-dir {RES} --metrics {input} --out {output} > {log} 2>&1"
+        "{ASVP} summarize --experiment-dir {RES} --metrics {input.metrics} --out {output.summary} "
+        "--rounds {params.n_rounds} --dataset-json {input.dataset} --rounds-out {output.rounds} "
+        "--decisions-out {output.decisions} --class-counts-out {output.class_counts} > {log} 2>&1"
+
+
+REPORT = f"{RES}/report"
+
+
+rule report_figures:
+    input:
+        rules.summarize.output,
+    output:
+        accuracy=report(f"{REPORT}/accuracy.png", caption="captions/accuracy.rst", category="1. Curves"),
+        equivalent=report(f"{REPORT}/equivalent_labels.png", caption="captions/equivalent_labels.rst", category="1. Curves"),
+        table1=report(f"{REPORT}/table1.html", caption="captions/table1.rst", category="2. Saving and cost"),
+        cost=report(f"{REPORT}/cost_vs_time.png", caption="captions/cost_vs_time.rst", category="2. Saving and cost"),
+        points=report(f"{REPORT}/saving_points.html", caption="captions/saving_points.rst", category="2. Saving and cost"),
+        time_model=report(f"{REPORT}/time_model.html", caption="captions/time_model.rst", category="3. Time"),
+        decision_plot=report(f"{REPORT}/decisions.png", caption="captions/decisions.rst", category="4. ASVP decisions"),
+        decisions=report(f"{REPORT}/decisions.html", caption="captions/decisions_table.rst", category="4. ASVP decisions"),
+        table3=report(f"{REPORT}/table3.html", caption="captions/table3.rst", category="4. ASVP decisions"),
+        per_class=report(f"{REPORT}/per_class_accuracy.html", caption="captions/per_class.rst", category="5. Per class"),
+        counts=report(f"{REPORT}/class_counts.html", caption="captions/class_counts.rst", category="5. Per class"),
+        config=report(f"{REPORT}/config.html", caption="captions/config.rst", category="6. Config"),
+    params:
+        cfg=cfg_json("cost", "methods", "strategies", "seeds", "schedule", "evaluation", "decision", "data", "backbone",
+                     "finetune", "lpft", "proxy"),
+    log:
+        f"{RES}/logs/report_figures.log",
+    shell:
+        "{ASVP} report --config-json {params.cfg} --experiment-dir {RES} --out-dir {REPORT} > {log} 2>&1"

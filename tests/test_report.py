@@ -69,7 +69,7 @@ def test_summary_columns_are_metadata_then_sorted_seconds_per_rule(experiment: t
         "seconds_select", "seconds_select_initial", "seconds_train_proxy",
     ]
     metadata = ["experiment", "method", "strategy", "seed", "round", "n_labelled", "accuracy", "train_method",
-                "status", "final_train_accuracy", "reused_finetune"]
+                "status", "final_train_accuracy", "reused_finetune", "finetune_key", "device"]
     assert list(frame.columns) == [*metadata, *seconds]
     written = pd.read_csv(out)
     assert list(written.columns) == list(frame.columns)
@@ -137,3 +137,36 @@ def test_the_run_notice_shows_mean_accuracy_and_names_every_diverged_fine_tune(t
     assert "0.71" in notice  # random's mean over its two seeds
     assert "WARNING: diverged fine-tune: asvp/margin/seed0 round 2 (300 labels, lpft)" in notice
     assert run_notice(tmp_path / "missing.csv") == ""
+
+
+def test_round_tables_cover_every_round_with_decisions_and_class_counts_by_name(tmp_path: Path) -> None:
+    from asvp.report import write_round_tables
+
+    exp = tmp_path / "results" / "tiny"
+    _benchmark(exp / "features" / "benchmarks" / "extract_pretrained.tsv", 42.0)
+    for r, labels in enumerate([[0, 1], [0, 1, 1, 2]]):
+        directory = exp / "asvp" / "margin" / "seed0" / f"round{r:03d}"
+        directory.mkdir(parents=True)
+        pd.DataFrame({"pool_index": range(len(labels)), "sample_id": "x", "label": labels, "round": r}).to_csv(
+            directory / "labelled.csv", index=False)
+        _benchmark(directory / "benchmarks" / "decide.tsv", 3.0)
+        (directory / "decision.json").write_text(json.dumps({
+            "n_labelled": len(labels), "feature_version": 0, "ped_steps": 6, "score": 10.0 - r, "previous_score": None,
+            "difference": None if r == 0 else 1.0, "threshold": 1.0, "verdict": "keep", "refresh_features": r == 1,
+            "train_method": "lpft", "reason": "x"}))
+    (exp / "asvp" / "margin" / "seed0" / "round001" / "metrics.json").write_text(json.dumps(
+        {"finetune_key": "abc", "reused": False, "train_seconds": 12.5, "test_seconds": 1.5, "train_method": "ft"}))
+    (exp / "data").mkdir()
+    (exp / "data" / "dataset.json").write_text(json.dumps({"num_classes": 3, "classes": ["cat", "dog", "owl"]}))
+    out = {name: tmp_path / f"{name}.csv" for name in ("rounds", "decisions", "counts")}
+    # Round 2 of the schedule has not run yet: the tables hold the rounds that exist.
+    write_round_tables(exp, [("asvp", "margin", 0)], 3, exp / "data" / "dataset.json", out["rounds"], out["decisions"], out["counts"])
+    rounds = pd.read_csv(out["rounds"])
+    assert rounds["round"].tolist() == [0, 1] and rounds["n_labelled"].tolist() == [2, 4]
+    assert rounds["seconds_extract_pretrained"].tolist() == [42.0, 0.0]  # charged to round 0 only
+    assert rounds.loc[1, "eval_key"] == "abc" and rounds.loc[1, "eval_train_seconds"] == 12.5
+    assert rounds["refreshed"].tolist() == [False, True]
+    decisions = pd.read_csv(out["decisions"])
+    assert decisions["difference"].isna().tolist() == [True, False]
+    counts = pd.read_csv(out["counts"])
+    assert counts[["cat", "dog", "owl"]].to_numpy().tolist() == [[1, 1, 0], [1, 2, 1]]

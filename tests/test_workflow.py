@@ -226,3 +226,37 @@ def test_rerunning_proxy_selection_reproduces_it_bit_for_bit(finished_run: Path)
     assert "train_proxy" in result.stdout + result.stderr  # the jobs really ran again
     for path, content in before.items():
         assert path.read_bytes() == content, f"{path} changed on recomputation"
+
+
+def test_report_holds_every_figure_and_table(finished_run: Path) -> None:
+    report_dir = finished_run / "results/tiny/report"
+    for name in ("accuracy.png", "equivalent_labels.png", "cost_vs_time.png", "decisions.png"):
+        assert (report_dir / name).stat().st_size > 5000, name  # a drawn figure, not an empty canvas
+    table1 = pd.read_csv(report_dir / "table1.csv")
+    assert set(table1["method"]) == METHODS
+    saving = pd.read_csv(report_dir / "saving_points.csv")
+    assert len(saving) == len(METHODS) * 3 and saving["censored"].fillna("").isin(["", "above", "below"]).all()
+    timing = pd.read_csv(report_dir / "time_model.csv").set_index("method")
+    assert timing.loc["asvp", "N_pre"] == 2  # the forced refresh is counted
+    classes = json.loads((finished_run / "results/tiny/data/dataset.json").read_text())["classes"]
+    assert classes[0] == "T-shirt/top" and classes[9] == "Ankle boot"
+    per_class = pd.read_csv(report_dir / "per_class_accuracy.csv")
+    assert "Ankle boot" in per_class.columns
+    counts = pd.read_csv(finished_run / "results/tiny/class_counts.csv")
+    assert (counts[classes].sum(axis=1) == counts["n_labelled"]).all()
+
+    html = finished_run / "report.html"
+    result = snakemake(finished_run, "--report", str(html))
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = html.read_text(errors="replace")
+    for name in ("accuracy.png", "equivalent_labels.png", "cost_vs_time.png", "decisions.png", "table1.html",
+                 "time_model.html", "table3.html", "per_class_accuracy.html", "config.html"):
+        assert name in text, name
+
+
+def test_advisor_reads_the_finished_run(finished_run: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "asvp", "advise", "--experiment", str(finished_run / "results/tiny"),
+                             "--label-price", "0.036", "--gpu-hour-price", "3.06"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "target accuracy" in result.stdout and "Break-even" in result.stdout
+    assert "too small to decide" in result.stdout or "No method reached" in result.stdout or "Cheapest" in result.stdout

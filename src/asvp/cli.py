@@ -60,7 +60,19 @@ def run_torch_free(args: argparse.Namespace) -> bool:
     elif args.command == "summarize":
         from asvp import report
 
-        report.summarize(args.experiment_dir, args.metrics, args.out)
+        frame = report.summarize(args.experiment_dir, args.metrics, args.out)
+        if args.rounds_out:
+            runs = sorted(set(zip(frame["method"], frame["strategy"], frame["seed"].astype(int))))
+            report.write_round_tables(args.experiment_dir, runs, args.rounds, args.dataset_json, args.rounds_out,
+                                      args.decisions_out, args.class_counts_out)
+    elif args.command == "report":
+        from asvp import yardstick
+
+        yardstick.build(args.experiment_dir, _config(args), args.out_dir)
+    elif args.command == "advise":
+        from asvp.advisor import advise
+
+        print(advise(args.experiment, args.label_price, args.gpu_hour_price, args.target_accuracy, args.cpu_to_gpu_factor))
     elif args.command == "validate-config":
         from asvp.config import load_config
 
@@ -219,6 +231,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment-dir", required=True)
     p.add_argument("--metrics", nargs="+", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--rounds", type=int, default=0, help="rounds in the schedule (for rounds.csv)")
+    for name in ("--dataset-json", "--rounds-out", "--decisions-out", "--class-counts-out"):
+        p.add_argument(name)
+
+    p = add("report", "saving ratios, costs, time model, per-class tables and figures for the report", config=True)
+    p.add_argument("--experiment-dir", required=True)
+    p.add_argument("--out-dir", required=True)
+
+    p = add("advise", "from a finished (pilot) run: which method reaches a target accuracy at the lowest cost")
+    p.add_argument("--experiment", required=True, help="results/<experiment> of a finished run")
+    p.add_argument("--label-price", type=float, required=True, help="USD per label")
+    p.add_argument("--gpu-hour-price", type=float, required=True, help="USD per GPU hour")
+    p.add_argument("--target-accuracy", type=float, help="default: the random baseline's final accuracy")
+    p.add_argument("--cpu-to-gpu-factor", type=float, default=1.0,
+                   help="GPU hours per CPU hour measured, when the pilot ran on a CPU (default 1)")
     return parser
 
 

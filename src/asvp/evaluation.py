@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -181,8 +182,10 @@ def finetune_and_evaluate(
             if model_out is not None:
                 _link(cached_model, Path(model_out))
         else:
+            started = time.perf_counter()
             model, history, num_classes = _train_model(config, recipe_kind, pool_csv, labelled, seed,
                                                        cache_dir / f"{key}.ckpt")
+            trained = time.perf_counter()
             accuracy, class_accuracy = test_accuracy(config, model, test_csv)
             reasons = divergence(history, accuracy, num_classes)
             metrics = {
@@ -192,12 +195,18 @@ def finetune_and_evaluate(
                 "n_labelled": len(labelled),
                 "num_classes": num_classes,
                 "train_method": recipe_kind,
+                "device": str(resolve_device(config["device"])),
                 "status": "diverged" if reasons else "ok",
                 "divergence": reasons,
                 "final_train_accuracy": history[-1]["train_accuracy"] if history else None,
                 "final_loss": history[-1]["loss"] if history else None,
                 "loss_curve": history,
                 "finetune_key": key,
+                # Compute this fine-tune cost wherever it ran (a job that reuses it costs ~nothing):
+                # the cost model charges each key once, at these figures (this session's part only
+                # when a killed fine-tune resumed from its checkpoint).
+                "train_seconds": trained - started,
+                "test_seconds": time.perf_counter() - trained,
                 "reused": False,
             }
             # Models stay only where a later step reads them, or in the cache when asked to.

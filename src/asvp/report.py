@@ -1,4 +1,7 @@
-"""summary.csv: one row per (method, strategy, seed, round) with accuracy and stage timings.
+"""The results tree as tables: summary.csv (one row per evaluation point: accuracy, timings),
+rounds.csv (one row per round of every run: every job's seconds and the fine-tunes it used),
+decisions.csv (ASVP's verdict per round) and class_counts.csv (the labelled set per class, by
+name). Everything the report, the saving ratio and the cost model read comes from these.
 
 Timings come from Snakemake's `benchmark:` files (wall seconds of each job), stored per round
 under `round{r}/benchmarks/<rule>.tsv`, so the paper's time model (sec. 6.4) can be computed
@@ -8,9 +11,12 @@ The one-off pre-trained extraction is charged to round 0 of the methods that use
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from asvp.atomic import read_json, write_csv
@@ -30,6 +36,70 @@ def stage_seconds(round_dir: Path) -> dict[str, float]:
     if not bench.is_dir():
         return {}
     return {f"seconds_{p.stem}": _benchmark_seconds(p) for p in sorted(bench.glob("*.tsv"))}
+
+
+DECISION_COLUMNS = ["n_labelled", "feature_version", "ped_steps", "score", "previous_score", "difference", "threshold",
+                    "verdict", "refresh_features", "train_method", "reason"]
+
+
+def _finetune_columns(prefix: str, path: Path) -> dict[str, Any]:
+    """Which fine-tune a round used (its cache key) and what it cost where it was trained."""
+    if not path.exists():
+        return {}
+    record = read_json(path)
+    return {
+        f"{prefix}_key": record.get("finetune_key"),
+        f"{prefix}_reused": bool(record.get("reused", False)),
+        f"{prefix}_train_seconds": record.get("train_seconds", math.nan),
+        f"{prefix}_test_seconds": record.get("test_seconds", math.nan),
+        f"{prefix}_method": record.get("train_method"),
+    }
+
+
+def collect_rounds(experiment_dir: str | Path, runs: list[tuple[str, str, int]], n_rounds: int,
+                   classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """rounds, decisions and class-count tables for rounds 0..n_rounds-1 of the given runs.
+
+    Only the runs and rounds of the current config are read: a results tree keeps files of
+    methods or rounds a user has since removed, and those must not leak into the figures.
+    """
+    experiment_dir = Path(experiment_dir)
+    extraction = experiment_dir / "features" / "benchmarks" / "extract_pretrained.tsv"
+    extract_seconds = _benchmark_seconds(extraction) if extraction.exists() else 0.0
+    rounds, decisions, counts = [], [], []
+    for method, strategy, seed in runs:
+        for r in range(n_rounds):
+            directory = experiment_dir / method / strategy / f"seed{seed}" / f"round{r:03d}"
+            labelled_csv = directory / "labelled.csv"
+            if not labelled_csv.exists():
+                continue  # not run yet: the tables show the rounds that exist
+            labels = pd.read_csv(labelled_csv, usecols=["label"])["label"].to_numpy()
+            key = {"method": method, "strategy": strategy, "seed": seed, "round": r, "n_labelled": len(labels)}
+            row = {**key, **stage_seconds(directory)}
+            if r == 0 and method in FEATURE_METHODS:
+                row["seconds_extract_pretrained"] = extract_seconds
+            row.update(_finetune_columns("eval", directory / "metrics.json"))
+            row.update(_finetune_columns("refresh", directory / "refresh_finetune.json"))
+            decision_path = directory / "decision.json"
+            if decision_path.exists():
+                decision = read_json(decision_path)
+                row["refreshed"] = bool(decision["refresh_features"])
+                decisions.append({**key, **{c: decision.get(c) for c in DECISION_COLUMNS if c != "n_labelled"}})
+            rounds.append(row)
+            per_class = np.bincount(labels, minlength=len(classes))
+            counts.append({**key, **{name: int(n) for name, n in zip(classes, per_class)}})
+    return pd.DataFrame(rounds), pd.DataFrame(decisions), pd.DataFrame(counts)
+
+
+def write_round_tables(experiment_dir: str | Path, runs: list[tuple[str, str, int]], n_rounds: int, dataset_json: str | Path,
+                       rounds_out: str | Path, decisions_out: str | Path, class_counts_out: str | Path) -> None:
+    classes = read_json(dataset_json).get("classes") or [str(i) for i in range(read_json(dataset_json)["num_classes"])]
+    rounds, decisions, counts = collect_rounds(experiment_dir, runs, n_rounds, classes)
+    seconds = sorted(c for c in rounds.columns if c.startswith("seconds_"))
+    rounds[seconds] = rounds[seconds].fillna(0.0)
+    write_csv(rounds_out, rounds)
+    write_csv(decisions_out, decisions if not decisions.empty else pd.DataFrame(columns=["method", "strategy", "seed", "round", *DECISION_COLUMNS]))
+    write_csv(class_counts_out, counts)
 
 
 def summarize(experiment_dir: str | Path, metrics_files: list[str], out: str | Path) -> pd.DataFrame:
@@ -54,7 +124,11 @@ def summarize(experiment_dir: str | Path, metrics_files: list[str], out: str | P
             "status": metrics.get("status", "ok"),
             "final_train_accuracy": metrics.get("final_train_accuracy"),
             "reused_finetune": metrics.get("reused", False),
+            "finetune_key": metrics.get("finetune_key"),
+            "device": metrics.get("device"),
         }
+        for index, value in enumerate(metrics.get("per_class_accuracy") or []):
+            row[f"class_accuracy_{index}"] = value
         if row["round"] == 0 and row["method"] in FEATURE_METHODS:
             row["seconds_extract_pretrained"] = extract_seconds
         row.update(stage_seconds(Path(metrics_file).parent))

@@ -1,0 +1,168 @@
+"""The sample saving ratio (paper sec. 6.2): how many labels a method saves against random.
+
+For a method that reached accuracy A with N1 labels, N2 is the number of labels the random
+baseline needs for A, read off the random curve (the mean over seeds, made non-decreasing) by
+linear interpolation; the saving ratio is (N2 - N1) / N2.
+
+An accuracy outside the random curve has no N2 on it, and we do not extrapolate (a curve that
+flattens makes any straight line through its last two points a guess): the point is *censored*.
+  * above the curve's last point: N2 is at least the last label count, so the ratio we give
+    (with N2 = that count) is a lower bound, marked `censored = "above"`;
+  * below its first point: N2 is at most the first label count, the ratio given is an upper
+    bound, marked `censored = "below"`.
+Tables and plots carry the mark; an average over points that include censored ones says so.
+
+Round 0 is the same seeded random draw for every method, so it measures no selection: the
+average saving ratio (the paper's headline figure) runs over the rounds after it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from asvp.errors import DataError
+
+RUN_KEYS = ["method", "strategy", "seed"]
+CENSOR_ABOVE, CENSOR_BELOW = "above", "below"
+
+
+def monotone_curve(random_n: np.ndarray, random_acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The random curve sorted by labels and made non-decreasing (more labels never hurt random;
+    a dip is seed noise, and an inverse needs a monotone curve)."""
+    random_n = np.asarray(random_n, dtype=np.float64)
+    random_acc = np.asarray(random_acc, dtype=np.float64)
+    if random_n.ndim != 1 or random_n.shape != random_acc.shape or random_n.size == 0:
+        raise DataError(f"random curve: need two 1-D arrays of equal, non-zero length (got {random_n.shape} and {random_acc.shape})")
+    if not (np.isfinite(random_n).all() and np.isfinite(random_acc).all()):
+        raise DataError("random curve has NaN or infinite points: a random-baseline evaluation is missing or failed")
+    order = np.argsort(random_n, kind="stable")
+    return random_n[order], np.maximum.accumulate(random_acc[order])
+
+
+def censoring(random_acc: np.ndarray, acc: float) -> str:
+    """'above' or 'below' when `acc` lies outside the (monotone) random curve, '' inside it."""
+    if acc > random_acc[-1]:
+        return CENSOR_ABOVE
+    if acc < random_acc[0]:
+        return CENSOR_BELOW
+    return ""
+
+
+def equivalent_labels(random_n: np.ndarray, random_acc: np.ndarray, acc: float) -> float:
+    """N2: labels the random baseline needs for accuracy `acc`.
+
+    Outside the curve it returns the bound (the last or first label count); `censoring` says
+    which. On a flat stretch it returns the fewest labels that reach `acc`.
+    """
+    if not math.isfinite(acc):
+        raise DataError(f"accuracy {acc} is not a number: that evaluation failed; rerun it")
+    n, curve = monotone_curve(random_n, random_acc)
+    where = censoring(curve, acc)
+    if where == CENSOR_ABOVE:
+        return float(n[-1])
+    if where == CENSOR_BELOW:
+        return float(n[0])
+    k = int(np.searchsorted(curve, acc, side="left"))  # first point with curve >= acc
+    if k == 0:
+        return float(n[0])
+    fraction = (acc - curve[k - 1]) / (curve[k] - curve[k - 1])
+    return float(n[k - 1] + fraction * (n[k] - n[k - 1]))
+
+
+def saving_ratio(n1: float, n2: float) -> float:
+    """(N2 - N1) / N2: the fraction of random's labels the method did without."""
+    if n2 <= 0:
+        raise DataError(f"equivalent label count N2 = {n2} must be positive")
+    return float((n2 - n1) / n2)
+
+
+def random_curve(summary: pd.DataFrame) -> pd.DataFrame:
+    """Mean random-baseline accuracy per label count, with how many seeds each point has."""
+    rows = summary[summary["method"] == "random"]
+    if rows.empty:
+        raise DataError("the summary has no random baseline: add `random` to `methods` (the saving ratio is measured against it)")
+    if rows["accuracy"].isna().any():
+        bad = rows[rows["accuracy"].isna()][["seed", "n_labelled"]].to_dict("records")
+        raise DataError(f"random baseline has NaN accuracies at {bad}: rerun those evaluations")
+    curve = rows.groupby("n_labelled")["accuracy"].agg(["mean", "count"]).reset_index()
+    seeds = rows["seed"].nunique()
+    short = curve[curve["count"] < seeds]
+    if not short.empty:
+        raise DataError(f"random baseline lacks seeds at label counts {short['n_labelled'].tolist()} "
+                        f"(fewer than its {seeds} seeds): its curve would mix seeds; rerun the missing evaluations")
+    return curve.rename(columns={"mean": "accuracy", "count": "seeds"})
+
+
+def saving_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per evaluated point of every run: N1, A, N2, the saving ratio and its censoring.
+
+    Points whose fine-tune diverged (status) or whose accuracy is NaN keep a row, with no N2 and
+    `excluded` saying why: a gap to show, never a number to average.
+    """
+    curve = random_curve(summary)
+    n, acc = curve["n_labelled"].to_numpy(), curve["accuracy"].to_numpy()
+    _, monotone = monotone_curve(n, acc)
+    first = summary["n_labelled"].min()
+    rows = []
+    for record in summary.to_dict("records"):
+        status = record.get("status", "ok")
+        row = {k: record[k] for k in [*RUN_KEYS, "round", "n_labelled", "accuracy"]}
+        row.update(equivalent_labels=math.nan, saving_ratio=math.nan, censored="", excluded="")
+        if not math.isfinite(float(record["accuracy"])):
+            row["excluded"] = "no accuracy"
+        elif status == "diverged":
+            row["excluded"] = "diverged fine-tune"
+        else:
+            n2 = equivalent_labels(n, acc, float(record["accuracy"]))
+            row.update(equivalent_labels=n2, saving_ratio=saving_ratio(record["n_labelled"], n2),
+                       censored=censoring(monotone, float(record["accuracy"])))
+        row["initial_round"] = bool(record["n_labelled"] == first)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def average_saving(table: pd.DataFrame) -> pd.DataFrame:
+    """The paper's average sample saving ratio per run (rounds after round 0), then mean and
+    std over seeds per (method, strategy), with the count of censored and excluded points."""
+    points = table[~table["initial_round"]]
+    per_run = (
+        points.groupby(RUN_KEYS)
+        .agg(
+            average_saving_ratio=("saving_ratio", "mean"),
+            points=("saving_ratio", "count"),
+            censored=("censored", lambda c: int((c != "").sum())),
+            excluded=("excluded", lambda e: int((e != "").sum())),
+        )
+        .reset_index()
+    )
+    seeds_per_method = per_run.groupby(["method", "strategy"])["seed"].nunique()
+    if seeds_per_method.nunique() > 1:
+        counts = ", ".join(f"{m}/{s}: {k}" for (m, s), k in seeds_per_method.items())
+        raise DataError(f"methods ran with different numbers of seeds ({counts}): their mean +- std would not be comparable; "
+                        "finish the missing seeds or drop them from the config")
+    return (
+        per_run.groupby(["method", "strategy"])
+        .agg(
+            saving_ratio_mean=("average_saving_ratio", "mean"),
+            saving_ratio_std=("average_saving_ratio", "std"),
+            seeds=("seed", "nunique"),
+            censored_points=("censored", "sum"),
+            excluded_points=("excluded", "sum"),
+        )
+        .reset_index()
+    )
+
+
+def points_are_comparable(summary: pd.DataFrame) -> None:
+    """Every method must be evaluated at label counts the random curve covers (or the saving
+    ratio is read off an extrapolation we refuse to make): raise naming the gap otherwise."""
+    curve = random_curve(summary)
+    low, high = curve["n_labelled"].min(), curve["n_labelled"].max()
+    outside = summary[(summary["method"] != "random") & ((summary["n_labelled"] < low) | (summary["n_labelled"] > high))]
+    if not outside.empty:
+        where = sorted(set(zip(outside["method"], outside["n_labelled"])))
+        raise DataError(f"random baseline evaluated only from {low} to {high} labels, but {where} lie outside: "
+                        "evaluate random at those points too (evaluation.at)")
