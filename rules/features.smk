@@ -28,6 +28,9 @@ rule extract_pretrained:
     threads: 2
     resources:
         gpu=1 if config["device"] == "cuda" else 0,
+    # Every proxy method's chain waits on it: ahead of the selection chains, or standard AL's
+    # chains keep both cores busy and the 2-thread extraction starts last (seen in a 7-method run).
+    priority: SELECTION_PRIORITY + 1
     log:
         f"{RES}/features/logs/extract_pretrained.log",
     benchmark:

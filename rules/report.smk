@@ -38,6 +38,7 @@ rule report_figures:
         decision_plot=report(f"{REPORT}/decisions.png", caption="captions/decisions.rst", category="4. ASVP decisions"),
         decisions=report(f"{REPORT}/decisions.html", caption="captions/decisions_table.rst", category="4. ASVP decisions"),
         table3=report(f"{REPORT}/table3.html", caption="captions/table3.rst", category="4. ASVP decisions"),
+        comparisons=report(f"{REPORT}/comparisons.html", caption="captions/comparisons.rst", category="2. Saving and cost"),
         per_class=report(f"{REPORT}/per_class_accuracy.html", caption="captions/per_class.rst", category="5. Per class"),
         counts=report(f"{REPORT}/class_counts.html", caption="captions/class_counts.rst", category="5. Per class"),
         config=report(f"{REPORT}/config.html", caption="captions/config.rst", category="6. Config"),

@@ -119,3 +119,18 @@ def test_a_method_evaluated_beyond_the_random_curve_is_refused() -> None:
     summary = pd.concat([_two_seed_summary(), _summary([("asvp", 0, 400, 0.9)]).assign(n_labelled=800)])
     with pytest.raises(DataError, match="evaluate random at those points"):
         points_are_comparable(summary)
+
+
+def test_paired_differences_compare_asvp_to_each_method_seed_by_seed() -> None:
+    summary = _two_seed_summary()
+    svpp = summary[summary["method"] == "asvp"].assign(method="svpp")
+    svpp.loc[svpp["n_labelled"] == 200, "accuracy"] = 0.70  # ratio 0 at 200 for both seeds
+    table = saving_table(pd.concat([summary, svpp]))
+    from asvp.metrics import paired_differences
+
+    gaps = paired_differences(table).set_index("versus")
+    # seed 0: asvp (1/3 + 0) / 2 vs svpp (0 + 0) / 2 -> +1/6; seed 1: asvp (0 - 1/3)/2 vs svpp (0 - 1/3)/2 -> 0
+    assert gaps.loc["svpp", "difference_mean"] == pytest.approx(1 / 12)
+    assert gaps.loc["svpp", "wins"] == 1 and gaps.loc["svpp", "seeds"] == 2
+    assert 0 < gaps.loc["svpp", "paired_t_p"] <= 1
+    assert "random" in gaps.index

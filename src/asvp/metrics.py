@@ -124,11 +124,10 @@ def saving_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def average_saving(table: pd.DataFrame) -> pd.DataFrame:
-    """The paper's average sample saving ratio per run (rounds after round 0), then mean and
-    std over seeds per (method, strategy), with the count of censored and excluded points."""
+def per_run_saving(table: pd.DataFrame) -> pd.DataFrame:
+    """The paper's average sample saving ratio of each run (the rounds after round 0)."""
     points = table[~table["initial_round"]]
-    per_run = (
+    return (
         points.groupby(RUN_KEYS)
         .agg(
             average_saving_ratio=("saving_ratio", "mean"),
@@ -138,6 +137,12 @@ def average_saving(table: pd.DataFrame) -> pd.DataFrame:
         )
         .reset_index()
     )
+
+
+def average_saving(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds of the runs' average saving ratios per (method, strategy), with
+    the count of censored and excluded points."""
+    per_run = per_run_saving(table)
     seeds_per_method = per_run.groupby(["method", "strategy"])["seed"].nunique()
     if seeds_per_method.nunique() > 1:
         counts = ", ".join(f"{m}/{s}: {k}" for (m, s), k in seeds_per_method.items())
@@ -166,3 +171,29 @@ def points_are_comparable(summary: pd.DataFrame) -> None:
         where = sorted(set(zip(outside["method"], outside["n_labelled"])))
         raise DataError(f"random baseline evaluated only from {low} to {high} labels, but {where} lie outside: "
                         "evaluate random at those points too (evaluation.at)")
+
+
+def paired_differences(table: pd.DataFrame, reference: str = "asvp") -> pd.DataFrame:
+    """`reference` minus every other method in average saving ratio, paired by seed (a seed's
+    runs share round 0 and the test set), with a paired t-test: is the gap larger than the
+    seeds' spread? p is NaN with fewer than 2 common seeds."""
+    from scipy import stats
+
+    per_run = per_run_saving(table)
+    rows = []
+    for strategy in sorted(per_run.loc[per_run["method"] == reference, "strategy"].unique()):
+        ours = per_run[(per_run["method"] == reference) & (per_run["strategy"] == strategy)].set_index("seed")["average_saving_ratio"]
+        for (method, other_strategy), group in per_run.groupby(["method", "strategy"]):
+            if method == reference or (method != "random" and other_strategy != strategy):
+                continue
+            theirs = group.set_index("seed")["average_saving_ratio"]
+            seeds = ours.index.intersection(theirs.index)
+            gap = (ours[seeds] - theirs[seeds]).to_numpy()
+            p_value = math.nan
+            if len(seeds) >= 2 and np.std(gap) > 0:
+                p_value = float(stats.ttest_rel(ours[seeds], theirs[seeds]).pvalue)
+            rows.append({"reference": reference, "strategy": strategy, "versus": method, "seeds": len(seeds),
+                         "difference_mean": float(gap.mean()) if len(gap) else math.nan,
+                         "difference_std": float(gap.std(ddof=1)) if len(gap) > 1 else math.nan,
+                         "wins": int((gap > 0).sum()), "paired_t_p": p_value})
+    return pd.DataFrame(rows)

@@ -7,6 +7,7 @@ nothing to show says so in its middle instead of coming out blank.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -31,6 +32,11 @@ def _save(figure: plt.Figure, out: str | Path) -> None:
     plt.close(figure)
 
 
+def _legend(axis: plt.Axes, fontsize: int) -> None:
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=fontsize)
+
+
 def _empty(axis: plt.Axes, message: str) -> None:
     axis.text(0.5, 0.5, message, ha="center", va="center", transform=axis.transAxes, wrap=True)
 
@@ -49,13 +55,17 @@ def accuracy_curves(summary: pd.DataFrame, out: str | Path) -> None:
                      label="diverged fine-tune (not in the mean)")
     axis.set(xlabel="labelled images", ylabel="test accuracy", title="Accuracy (mean over seeds, band: min-max)")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    _legend(axis, 8)
     _save(figure, out)
 
 
 def equivalent_labels_plot(saving: pd.DataFrame, out: str | Path) -> None:
     """Fig. 12: equivalent non-AL labels N2 vs labels N1; above the diagonal = labels saved."""
     figure, axis = plt.subplots(figsize=(7, 4.5))
+    if "gap" in saving.columns:
+        _empty(axis, "\n".join(textwrap.wrap(str(saving["gap"].iloc[0]), 60)))
+        _save(figure, out)
+        return
     points = saving[saving["method"] != "random"]
     usable = points[points["excluded"] == ""]
     for (method, strategy), group in usable.groupby(["method", "strategy"]):
@@ -79,13 +89,17 @@ def equivalent_labels_plot(saving: pd.DataFrame, out: str | Path) -> None:
     axis.set(xlabel="labelled images (N1)", ylabel="random's labels for the same accuracy (N2)",
              title="Equivalent non-AL labels (mean over seeds)")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    _legend(axis, 8)
     _save(figure, out)
 
 
 def cost_vs_time(per_run: pd.DataFrame, out: str | Path, compute_note: str) -> None:
     """Fig. 13: overall cost to reach random's final accuracy vs the selection compute."""
     figure, axis = plt.subplots(figsize=(7, 4.5))
+    if "gap" in per_run.columns:
+        _empty(axis, "\n".join(textwrap.wrap(str(per_run["gap"].iloc[0]), 60)))
+        _save(figure, out)
+        return
     reached = per_run[np.isfinite(per_run["cost"])]
     for (method, strategy), group in reached.groupby(["method", "strategy"]):
         axis.errorbar(group["selection_hours"].mean(), group["cost"].mean(),
@@ -100,7 +114,7 @@ def cost_vs_time(per_run: pd.DataFrame, out: str | Path, compute_note: str) -> N
         title += "\nnot reached: " + ", ".join(f"{_label(m, s)} ({n} seeds)" for (m, s), n in missed.items())
     axis.set(xlabel=f"selection compute (hours{compute_note})", ylabel="labels + compute (USD)", title=title)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    _legend(axis, 8)
     _save(figure, out)
 
 
@@ -123,5 +137,5 @@ def decision_plot(decisions: pd.DataFrame, out: str | Path) -> None:
         axis.plot([], [], color="grey", linestyle=":", label="features refreshed")
     axis.set(xlabel="labelled images", ylabel="|LogME-PED(t) - LogME-PED(t-1)|", title="ASVP's refresh rule per round")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
+    _legend(axis, 7)
     _save(figure, out)

@@ -5,11 +5,13 @@ A proxy round is two jobs (train the proxy, score the pool), and `import torch` 
 weights from `proxy.npz` (written next to `proxy.pt` by the training job) and runs the MLP's
 eval-mode forward in float32 numpy: Linear -> BatchNorm (running statistics) -> ReLU -> Linear
 -> softmax. Rows are read from the features file in sorted chunks, so a 1.28M-row pool is
-never loaded whole.
+never loaded whole: uncertainty strategies score chunk by chunk (`queries.select_with_proxy`),
+diversity strategies read the hidden embeddings from a chunked file (`write_proxy_outputs`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +27,22 @@ def load_weights(path: str | Path) -> dict[str, np.ndarray]:
         return {name: archive[name].astype(np.float32) for name in archive.files}
 
 
-def proxy_probabilities(weights: dict[str, np.ndarray], features: Any, rows: np.ndarray, batch_size: int) -> np.ndarray:
-    """(len(rows), C) float32 softmax outputs for the given pool rows, in the order of `rows`."""
-    rows = np.asarray(rows, dtype=np.int64)
+def _folded(weights: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The first layer with eval-mode BatchNorm folded in: (x W^T + b) * scale + shift."""
     scale = weights["bn_weight"] / np.sqrt(weights["bn_running_var"] + np.float32(BATCHNORM_EPS))
     shift = weights["bn_bias"] - weights["bn_running_mean"] * scale
-    # Fold BatchNorm into the first layer: (x W^T + b) * scale + shift.
     w1 = (weights["hidden_weight"] * scale[:, None]).T.astype(np.float32)
     b1 = (weights["hidden_bias"] * scale + shift).astype(np.float32)
-    w2, b2 = weights["classifier_weight"].T.astype(np.float32), weights["classifier_bias"]
-    out = np.empty((len(rows), len(b2)), dtype=np.float32)
+    return w1, b1, weights["classifier_weight"].T.astype(np.float32), weights["classifier_bias"]
+
+
+def proxy_chunks(weights: dict[str, np.ndarray], features: Any, rows: np.ndarray,
+                 batch_size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(start, probabilities (n, C) float32, hidden (n, H) float32) for consecutive chunks of
+    `rows`, in their order: the pool is streamed, never held whole (1.28M x 1000 float32
+    probabilities alone are 5 GB). `hidden` is the post-ReLU embedding (the official `emb`)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    w1, b1, w2, b2 = _folded(weights)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         order = np.argsort(chunk)
@@ -42,8 +50,41 @@ def proxy_probabilities(weights: dict[str, np.ndarray], features: Any, rows: np.
         x[order] = np.asarray(features[chunk[order]], dtype=np.float32)  # h5py wants increasing indices
         if not np.isfinite(x).all():
             raise DataError("pool features contain NaN or Inf; re-extract the features (delete the file and rerun)")
-        logits = np.maximum(x @ w1 + b1, 0) @ w2 + b2
+        hidden = np.maximum(x @ w1 + b1, 0)
+        logits = hidden @ w2 + b2
         logits -= logits.max(axis=1, keepdims=True)
         e = np.exp(logits)
-        out[start : start + len(chunk)] = e / e.sum(axis=1, keepdims=True)
+        yield start, e / e.sum(axis=1, keepdims=True), hidden
+
+
+def proxy_probabilities(weights: dict[str, np.ndarray], features: Any, rows: np.ndarray, batch_size: int) -> np.ndarray:
+    """(len(rows), C) float32 softmax outputs for the given pool rows, in the order of `rows`."""
+    out = np.empty((len(rows), len(weights["classifier_bias"])), dtype=np.float32)
+    for start, probabilities, _ in proxy_chunks(weights, features, rows, batch_size):
+        out[start : start + len(probabilities)] = probabilities
     return out
+
+
+def write_proxy_outputs(weights: dict[str, np.ndarray], features: Any, unlabelled: np.ndarray, labelled: np.ndarray,
+                        out: str | Path, batch_size: int, with_probabilities: bool) -> None:
+    """The proxy's outputs for diversity strategies, as a chunked HDF5 file in the round folder:
+    /hidden (U, H) and /labelled_hidden (L, H) in the features' dtype, /probabilities (U, C)
+    float32 when asked. Strategies read them chunk by chunk (bounded memory at any pool size)."""
+    import h5py
+
+    from asvp.atomic import atomic_path
+
+    dtype = np.float16 if np.dtype(features.dtype) == np.float16 else np.float32
+    hidden_dim, classes = weights["hidden_bias"].shape[0], weights["classifier_bias"].shape[0]
+    with atomic_path(Path(out)) as tmp, h5py.File(tmp, "w") as handle:
+        for name, rows in (("hidden", unlabelled), ("labelled_hidden", labelled)):
+            target = handle.create_dataset(name, shape=(len(rows), hidden_dim), dtype=dtype,
+                                           chunks=(max(1, min(batch_size, len(rows))), hidden_dim))
+            probabilities_out = None
+            if name == "hidden" and with_probabilities:
+                probabilities_out = handle.create_dataset("probabilities", shape=(len(rows), classes), dtype=np.float32,
+                                                          chunks=(max(1, min(batch_size, len(rows))), classes))
+            for start, probabilities, hidden in proxy_chunks(weights, features, rows, batch_size):
+                target[start : start + len(hidden)] = hidden.astype(dtype)
+                if probabilities_out is not None:
+                    probabilities_out[start : start + len(probabilities)] = probabilities

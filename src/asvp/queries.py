@@ -13,6 +13,7 @@ from asvp.atomic import write_csv, write_npy
 from asvp.errors import ConfigError
 from asvp.pool import label_selection, read_labelled, read_selected, read_split_table, unlabelled_indices, write_selected
 from asvp.strategies import PoolState, get_strategy
+from asvp.strategies.base import check_budget, top_scores
 
 
 def round_rng(seed: int, round_index: int) -> np.random.Generator:
@@ -22,7 +23,15 @@ def round_rng(seed: int, round_index: int) -> np.random.Generator:
 
 def needs_model(strategy_name: str) -> bool:
     """Whether a strategy scores with a model (proxy or network), i.e. whether it needs torch."""
-    return "probabilities" in get_strategy(strategy_name).needs
+    return bool({"probabilities", "embeddings"} & get_strategy(strategy_name).needs)
+
+
+def _write_selection(pool, unlabelled: np.ndarray, selected: np.ndarray, scores: np.ndarray,  # type: ignore[no-untyped-def]
+                     selected_out: str | Path, scores_out: str | Path) -> None:
+    full_scores = np.full(len(pool), np.nan, dtype=np.float32)
+    full_scores[unlabelled] = scores
+    write_selected(selected_out, pool, selected, full_scores[selected])
+    write_npy(scores_out, full_scores)
 
 
 def apply_strategy(
@@ -47,10 +56,7 @@ def apply_strategy(
     unlabelled = unlabelled_indices(len(pool), labelled)
     state = PoolState(unlabelled=unlabelled, labelled=labelled["pool_index"].to_numpy(), probabilities=probabilities)
     selected, scores = get_strategy(strategy_name).select(state, budget, round_rng(seed, round_index))
-    full_scores = np.full(len(pool), np.nan, dtype=np.float32)
-    full_scores[unlabelled] = scores
-    write_selected(selected_out, pool, selected, full_scores[selected])
-    write_npy(scores_out, full_scores)
+    _write_selection(pool, unlabelled, selected, scores, selected_out, scores_out)
 
 
 def select_with_proxy(
@@ -66,15 +72,44 @@ def select_with_proxy(
     scores_out: str | Path,
     batch_size: int = 16384,
 ) -> None:
-    """SVPp/ASVP selection: score the unlabelled pool with the proxy's weights (numpy, no torch)."""
+    """SVPp/ASVP selection: score the unlabelled pool with the proxy's weights (numpy, no torch).
+
+    Uncertainty strategies score each chunk as the proxy streams the pool (never a (U, C)
+    array). Diversity strategies get the proxy's hidden embeddings through a chunked file,
+    `proxy_outputs.h5` next to `selected_out`, which they read in row chunks.
+    """
     from asvp import features as feature_store
-    from asvp.proxy_scoring import load_weights, proxy_probabilities
+    from asvp.proxy_scoring import load_weights, proxy_chunks, write_proxy_outputs
 
     pool = read_split_table(pool_csv)
-    unlabelled = unlabelled_indices(len(pool), read_labelled(labelled_csv, len(pool)))
+    labelled = read_labelled(labelled_csv, len(pool))
+    labelled_rows = labelled["pool_index"].to_numpy()
+    unlabelled = unlabelled_indices(len(pool), labelled)
+    strategy = get_strategy(strategy_name)
+    weights = load_weights(weights_path)
+    rng = round_rng(seed, round_index)
+    check_budget(PoolState(unlabelled=unlabelled, labelled=labelled_rows), budget)
     with feature_store.open_features(features_path) as handle:
-        probabilities = proxy_probabilities(load_weights(weights_path), handle["pool/features"], unlabelled, batch_size)
-    apply_strategy(strategy_name, budget, seed, round_index, pool_csv, labelled_csv, selected_out, scores_out, probabilities)
+        pool_features = handle["pool/features"]
+        if strategy.rowwise:
+            scores = np.empty(len(unlabelled), dtype=np.float64)
+            for start, probabilities, _ in proxy_chunks(weights, pool_features, unlabelled, batch_size):
+                rows = unlabelled[start : start + len(probabilities)]
+                scores[start : start + len(rows)] = strategy.score(
+                    PoolState(unlabelled=rows, labelled=labelled_rows, probabilities=probabilities), rng)
+            _write_selection(pool, unlabelled, top_scores(unlabelled, scores, budget), scores, selected_out, scores_out)
+            return
+        outputs = Path(selected_out).with_name("proxy_outputs.h5")
+        write_proxy_outputs(weights, pool_features, unlabelled, labelled_rows, outputs, batch_size,
+                            with_probabilities="probabilities" in strategy.needs)
+    import h5py
+
+    with h5py.File(outputs, "r") as stored:
+        state = PoolState(unlabelled=unlabelled, labelled=labelled_rows,
+                          probabilities=stored["probabilities"] if "probabilities" in stored else None,
+                          embeddings=stored["hidden"], labelled_embeddings=stored["labelled_hidden"])
+        selected, scores = strategy.select(state, budget, rng)
+    _write_selection(pool, unlabelled, selected, scores, selected_out, scores_out)
 
 
 def select_initial(pool_csv: str | Path, budget: int, seed: int, out: str | Path) -> None:

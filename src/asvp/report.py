@@ -156,4 +156,8 @@ def run_notice(summary_csv: str | Path) -> str:
             f"WARNING: diverged fine-tune: {row['method']}/{row['strategy']}/seed{row['seed']} round {row['round']} "
             f"({row['n_labelled']} labels, {row['train_method']}); see that round's metrics.json and logs/evaluate.log"
         )
+    table1 = summary_csv.parent / "report" / "table1.csv"
+    if table1.exists():
+        lines += [f"asvp-flow: saving ratio and cost ({table1}; snakemake --report report.html for the full report):",
+                  pd.read_csv(table1).fillna("").to_string(index=False)]
     return "\n".join(lines)

@@ -17,9 +17,10 @@ import yaml
 
 from asvp import costs, metrics, plots
 from asvp.atomic import atomic_path, read_json, write_csv
+from asvp.errors import DataError
 
 FIGURES = ("accuracy.png", "equivalent_labels.png", "cost_vs_time.png", "decisions.png")
-TABLES = ("table1.html", "table3.html", "saving_points.html", "time_model.html", "decisions.html",
+TABLES = ("table1.html", "table3.html", "comparisons.html", "saving_points.html", "time_model.html", "decisions.html",
           "per_class_accuracy.html", "class_counts.html", "config.html")
 ABLATIONS = {"asvp_features_only": "feature alignment only (refresh, final FT)",
              "asvp_training_only": "training alignment only (pre-trained features, LP-FT -> FT)",
@@ -33,6 +34,11 @@ def pm(mean: float, std: float, digits: int = 3, percent: bool = False) -> str:
     scale, unit = (100.0, "%") if percent else (1.0, "")
     text = f"{mean * scale:.{digits}f}{unit}"
     return text + (f" +- {std * scale:.{digits}f}{unit}" if math.isfinite(std) else "")
+
+
+def gap_frame(message: str) -> pd.DataFrame:
+    """A table that is a marked gap: one row saying what is missing and how to get it."""
+    return pd.DataFrame({"gap": [message]})
 
 
 def table1(saving: pd.DataFrame, cost: pd.DataFrame) -> pd.DataFrame:
@@ -108,21 +114,34 @@ def build(experiment_dir: str | Path, config: dict[str, Any], out_dir: str | Pat
     classes = read_json(experiment_dir / "data" / "dataset.json").get("classes", [])
     prices = costs.Prices.from_config(config.get("cost", {}))
 
-    metrics.points_are_comparable(summary)
-    saving = metrics.saving_table(summary)
-    average = metrics.average_saving(saving)
-    cost_points = costs.compute_table(summary, rounds, prices)
-    target = costs.random_target(summary)
-    per_run = costs.cost_to_target(cost_points, prices, target)
-    cost_table = costs.cost_summary(per_run)
-    timing = costs.time_model(rounds, cost_points)
+    timing = costs.time_model(rounds, summary.assign(selection_seconds=float("nan")))
+    gaps: dict[str, str] = {}
+    try:  # a gap in the yardstick (no random baseline, seeds missing, NaN) is shown, not fatal
+        metrics.points_are_comparable(summary)
+        saving = metrics.saving_table(summary)
+        average = metrics.average_saving(saving)
+        comparisons = metrics.paired_differences(saving) if (summary["method"] == "asvp").any() else pd.DataFrame()
+    except DataError as exc:
+        gaps["saving"] = str(exc)
+        saving = average = comparisons = gap_frame(str(exc))
+    try:
+        cost_points = costs.compute_table(summary, rounds, prices)
+        timing = costs.time_model(rounds, cost_points)
+        target = costs.random_target(summary)
+        per_run = costs.cost_to_target(cost_points, prices, target)
+        cost_table = costs.cost_summary(per_run)
+    except DataError as exc:
+        gaps["cost"] = str(exc)
+        target = float("nan")
+        cost_points = per_run = cost_table = gap_frame(str(exc))
     on_cpu = costs.cpu_factor_applies(summary)
     compute_note = (f"; measured on CPU, x {prices.cpu_to_gpu_factor:g} cost.cpu_to_gpu_factor" if on_cpu else "")
     price_note = (f"Prices: {prices.label_price:g} USD per label, {prices.compute_price_per_hour:g} USD per compute hour. "
                   f"Target: random's final accuracy {target:.4f}. "
                   + ("Compute was measured on a CPU and counted as GPU hours x cost.cpu_to_gpu_factor = "
                      f"{prices.cpu_to_gpu_factor:g}. " if on_cpu else "")
-                  + "Censored points: the accuracy lies outside the random curve, so the ratio is a bound.")
+                  + "Censored points: the accuracy lies outside the random curve, so the ratio is a bound."
+                  + "".join(f" GAP ({what}): {message}" for what, message in gaps.items()))
 
     plots.accuracy_curves(summary, out_dir / "accuracy.png")
     plots.equivalent_labels_plot(saving, out_dir / "equivalent_labels.png")
@@ -130,8 +149,9 @@ def build(experiment_dir: str | Path, config: dict[str, Any], out_dir: str | Pat
     plots.decision_plot(decisions, out_dir / "decisions.png")
 
     tables = {
-        "table1": table1(average, cost_table),
-        "table3": table3(average),
+        "table1": gap_frame(" / ".join(gaps.values())) if gaps else table1(average, cost_table),
+        "table3": average if "saving" in gaps else table3(average),
+        "comparisons": comparisons,
         "saving_points": saving,
         "time_model": timing,
         "decisions": decisions,
@@ -142,7 +162,9 @@ def build(experiment_dir: str | Path, config: dict[str, Any], out_dir: str | Pat
     }
     notes = {"table1": price_note, "time_model": "Seconds, means over seeds; formula = paper sec. 6.4, measured = the "
              "selection jobs' wall time to the last round" + compute_note.replace(";", ","),
-             "table3": "Average sample saving ratio over the rounds after round 0 (paper Table 3 layout)."}
+             "table3": "Average sample saving ratio over the rounds after round 0 (paper Table 3 layout).",
+             "comparisons": "asvp minus each method in average saving ratio, paired by seed; wins = seeds where asvp "
+                            "is ahead; paired_t_p = paired t-test p-value (small: the gap exceeds the seeds' spread)."}
     for name, frame in tables.items():
         write_csv(out_dir / f"{name}.csv", frame)
         if f"{name}.html" in TABLES:

@@ -8,7 +8,7 @@ probabilities for uncertainty sampling, hidden embeddings for diversity sampling
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -22,11 +22,17 @@ class PoolState:
     unlabelled: (U,) int64 pool indices not yet labelled, ascending.
     labelled: (L,) int64 pool indices already labelled.
     probabilities: (U, C) float32 softmax of the selection model on `unlabelled`, or None.
+    embeddings: (U, D) array-like (numpy array, memmap or h5py dataset) in the order of
+        `unlabelled`: the proxy's hidden embedding (post-ReLU) or the backbone features; read in
+        row chunks by strategies that must stay in bounded memory at ImageNet scale.
+    labelled_embeddings: (L, D) array-like in the order of `labelled`.
     """
 
     unlabelled: np.ndarray
     labelled: np.ndarray
     probabilities: np.ndarray | None = None
+    embeddings: Any = None
+    labelled_embeddings: Any = None
 
 
 class Strategy:
@@ -38,6 +44,9 @@ class Strategy:
 
     name: ClassVar[str]
     needs: ClassVar[frozenset[str]] = frozenset()
+    # True when a row's score depends on that row's model outputs only: the pool can then be
+    # scored chunk by chunk as the proxy streams it (uncertainty sampling), in bounded memory.
+    rowwise: ClassVar[bool] = False
 
     def score(self, state: PoolState, rng: np.random.Generator) -> np.ndarray:
         """(U,) float64 informativeness of each unlabelled sample: higher is queried first."""
@@ -45,14 +54,23 @@ class Strategy:
 
     def select(self, state: PoolState, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Return (selected pool indices in order, (U,) scores)."""
-        if budget > len(state.unlabelled):
-            raise ConfigError(
-                f"round budget {budget} exceeds the {len(state.unlabelled)} unlabelled images left; "
-                "lower schedule.budgets or enlarge the pool"
-            )
+        check_budget(state, budget)
         scores = self.score(state, rng)
-        order = np.argsort(-scores, kind="stable")[:budget]
-        return state.unlabelled[order], scores
+        return top_scores(state.unlabelled, scores, budget), scores
+
+
+def top_scores(unlabelled: np.ndarray, scores: np.ndarray, budget: int) -> np.ndarray:
+    """The `budget` highest-scoring pool indices, ties to the lowest index (stable sort)."""
+    return unlabelled[np.argsort(-scores, kind="stable")[:budget]]
+
+
+def check_budget(state: PoolState, budget: int) -> None:
+    """Every strategy refuses a budget the unlabelled pool cannot fill, with the fix."""
+    if budget > len(state.unlabelled):
+        raise ConfigError(
+            f"round budget {budget} exceeds the {len(state.unlabelled)} unlabelled images left; "
+            "lower schedule.budgets or enlarge the pool"
+        )
 
 
 STRATEGIES: dict[str, type[Strategy]] = {}

@@ -28,6 +28,7 @@ class Margin(Strategy):
 
     name = "margin"
     needs = frozenset({"probabilities"})
+    rowwise = True
 
     def score(self, state: PoolState, rng: np.random.Generator) -> np.ndarray:
         probs = _probabilities(state)
@@ -41,6 +42,7 @@ class Confidence(Strategy):
 
     name = "confidence"
     needs = frozenset({"probabilities"})
+    rowwise = True
 
     def score(self, state: PoolState, rng: np.random.Generator) -> np.ndarray:
         return -_probabilities(state).max(axis=1)
@@ -52,6 +54,7 @@ class Entropy(Strategy):
 
     name = "entropy"
     needs = frozenset({"probabilities"})
+    rowwise = True
 
     def score(self, state: PoolState, rng: np.random.Generator) -> np.ndarray:
         probs = np.clip(_probabilities(state), 1e-10, 1.0)
