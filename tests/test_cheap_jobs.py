@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from asvp.atomic import read_json, write_csv
@@ -109,3 +110,42 @@ def test_the_import_report_does_see_torch_when_a_command_loads_it(run_files: Pat
                   "--labelled", "missing.csv", "--seed", "0", "--round", "1", "--out", "proxy.pt")
     assert result.returncode == 2 and "missing.h5 does not exist" in result.stderr, result.stderr
     assert "'torch'" in result.stdout, result.stdout + result.stderr
+
+
+def _proxy_weights(path: Path) -> None:
+    rng = np.random.default_rng(1)
+    np.savez(path, hidden_weight=rng.normal(size=(DIM, DIM)), hidden_bias=np.zeros(DIM),
+             bn_weight=np.ones(DIM), bn_bias=np.zeros(DIM), bn_running_mean=np.zeros(DIM), bn_running_var=np.ones(DIM),
+             classifier_weight=rng.normal(size=(CLASSES, DIM)), classifier_bias=np.zeros(CLASSES))
+
+
+@pytest.mark.parametrize("strategy", ["margin", "coreset", "badge", "activeft"])
+def test_proxy_selection_streams_the_pool_and_equals_the_in_memory_selection(run_files: Path, strategy: str) -> None:
+    """The select job's streamed scoring (chunks of 7 rows, embeddings through .npy memory maps)
+    picks exactly what the strategy picks on the whole pool's proxy outputs held in memory."""
+    from asvp.features import load_rows
+    from asvp.pool import read_labelled, unlabelled_indices
+    from asvp.proxy_scoring import load_weights, proxy_chunks
+    from asvp.queries import round_rng, select_initial, label_round, select_with_proxy
+    from asvp.strategies import PoolState, get_strategy
+
+    select_initial(run_files / "pool.csv", 15, 0, run_files / "r0" / "selected.csv")
+    label_round(run_files / "r0" / "selected.csv", run_files / "pool.csv", None, 0, run_files / "r0" / "labelled.csv")
+    _proxy_weights(run_files / "proxy.npz")
+    out = run_files / "r1"
+    select_with_proxy(strategy, 10, 0, 1, run_files / "pool.csv", run_files / "r0" / "labelled.csv", run_files / "features.h5",
+                      run_files / "proxy.npz", out / "selected.csv", out / "scores.npy", batch_size=7)
+    streamed = pd.read_csv(out / "selected.csv")["pool_index"].to_numpy()
+    assert not list(out.glob("proxy_*.npy"))  # the embeddings files are gone once selected.csv exists
+
+    labelled = read_labelled(run_files / "r0" / "labelled.csv", POOL)["pool_index"].to_numpy()
+    unlabelled = unlabelled_indices(POOL, read_labelled(run_files / "r0" / "labelled.csv", POOL))
+    features, _ = load_rows(run_files / "features.h5", "pool")
+    weights = load_weights(run_files / "proxy.npz")
+    (_, probabilities, hidden), = proxy_chunks(weights, features, unlabelled, 10_000)
+    (_, _, labelled_hidden), = proxy_chunks(weights, features, labelled, 10_000)
+    state = PoolState(unlabelled=unlabelled, labelled=labelled, probabilities=probabilities,
+                      embeddings=hidden, labelled_embeddings=labelled_hidden)
+    expected, _ = get_strategy(strategy).select(state, 10, round_rng(0, 1))
+    assert streamed.tolist() == expected.tolist()
+    assert len(set(streamed)) == 10 and not set(streamed) & set(labelled)

@@ -14,7 +14,11 @@ RNG_SEED = 123
 def _state(probabilities: list[list[float]] | np.ndarray, unlabelled: list[int] | None = None, labelled: list[int] | None = None) -> PoolState:
     probs = np.asarray(probabilities, dtype=np.float32)
     pool = np.arange(len(probs), dtype=np.int64) if unlabelled is None else np.asarray(unlabelled, dtype=np.int64)
-    return PoolState(unlabelled=pool, labelled=np.asarray(labelled or [], dtype=np.int64), probabilities=probs)
+    labelled_rows = np.asarray(labelled or [], dtype=np.int64)
+    # Diversity strategies read embeddings: seeded ones, so every registered strategy can run here.
+    embeddings = np.random.default_rng(len(pool)).normal(size=(len(pool) + len(labelled_rows), 8)).astype(np.float32)
+    return PoolState(unlabelled=pool, labelled=labelled_rows, probabilities=probs,
+                     embeddings=embeddings[: len(pool)], labelled_embeddings=embeddings[len(pool):])
 
 
 def _select(name: str, state: PoolState, budget: int, seed: int = RNG_SEED) -> np.ndarray:
@@ -127,7 +131,10 @@ def test_unknown_strategy_raises_listing_the_available_names() -> None:
 
 
 def test_registry_holds_the_strategies_the_schema_allows() -> None:
-    assert {"margin", "confidence", "entropy", "random"} <= set(STRATEGIES)
+    from asvp.config import load_schema
+
+    allowed = set(load_schema()["properties"]["strategies"]["items"]["enum"])
+    assert allowed == set(STRATEGIES) == {"margin", "confidence", "entropy", "random", "coreset", "badge", "activeft"}
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
@@ -138,7 +145,9 @@ def test_every_strategy_returns_exactly_budget_unique_unlabelled_indices(name: s
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     unlabelled = np.sort(rng.choice(100, size=30, replace=False)).astype(np.int64)
     labelled = np.setdiff1d(np.arange(100), unlabelled)[:10]
-    state = PoolState(unlabelled=unlabelled, labelled=labelled, probabilities=probs.astype(np.float32))
+    embeddings = rng.normal(size=(40, 8)).astype(np.float32)
+    state = PoolState(unlabelled=unlabelled, labelled=labelled, probabilities=probs.astype(np.float32),
+                      embeddings=embeddings[:30], labelled_embeddings=embeddings[30:])
     selected = _select(name, state, budget)
     assert selected.dtype == np.int64
     assert len(selected) == budget

@@ -260,3 +260,21 @@ def test_advisor_reads_the_finished_run(finished_run: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "target accuracy" in result.stdout and "Break-even" in result.stdout
     assert "too small to decide" in result.stdout or "No method reached" in result.stdout or "Cheapest" in result.stdout
+
+
+def test_every_strategy_runs_through_a_tiny_proxy_run(tmp_path: Path, real_fashion_mnist: Path, default_weights: Path) -> None:
+    override = tmp_path / "strategies.yaml"
+    override.write_text("methods: [random, svpp]\nstrategies: [margin, confidence, entropy, coreset, badge, activeft]\n"
+                        "schedule:\n  budgets: [20, 20]\nevaluation:\n  at: [40]\n")
+    result = snakemake(tmp_path, configfiles=(TINY, override))
+    assert result.returncode == 0, result.stderr[-6000:]
+    selections = {}
+    for strategy in ("margin", "confidence", "entropy", "coreset", "badge", "activeft"):
+        selected = pd.read_csv(tmp_path / f"results/tiny/svpp/{strategy}/seed0/round001/selected.csv")
+        assert len(selected) == 20 and selected["pool_index"].is_unique
+        labelled = pd.read_csv(tmp_path / f"results/tiny/svpp/{strategy}/seed0/round000/labelled.csv")
+        assert not set(selected["pool_index"]) & set(labelled["pool_index"])
+        selections[strategy] = frozenset(selected["pool_index"])
+    assert len(set(selections.values())) >= 5  # the strategies really differ
+    summary = pd.read_csv(tmp_path / "results/tiny/summary.csv")
+    assert set(summary["strategy"]) == {"random", "margin", "confidence", "entropy", "coreset", "badge", "activeft"}

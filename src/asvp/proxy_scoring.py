@@ -6,7 +6,7 @@ weights from `proxy.npz` (written next to `proxy.pt` by the training job) and ru
 eval-mode forward in float32 numpy: Linear -> BatchNorm (running statistics) -> ReLU -> Linear
 -> softmax. Rows are read from the features file in sorted chunks, so a 1.28M-row pool is
 never loaded whole: uncertainty strategies score chunk by chunk (`queries.select_with_proxy`),
-diversity strategies read the hidden embeddings from a chunked file (`write_proxy_outputs`).
+diversity strategies read the hidden embeddings from memory-mapped files (`write_proxy_outputs`).
 """
 
 from __future__ import annotations
@@ -65,26 +65,40 @@ def proxy_probabilities(weights: dict[str, np.ndarray], features: Any, rows: np.
     return out
 
 
-def write_proxy_outputs(weights: dict[str, np.ndarray], features: Any, unlabelled: np.ndarray, labelled: np.ndarray,
-                        out: str | Path, batch_size: int, with_probabilities: bool) -> None:
-    """The proxy's outputs for diversity strategies, as a chunked HDF5 file in the round folder:
-    /hidden (U, H) and /labelled_hidden (L, H) in the features' dtype, /probabilities (U, C)
-    float32 when asked. Strategies read them chunk by chunk (bounded memory at any pool size)."""
-    import h5py
+OUTPUT_NAMES = ("hidden", "labelled_hidden", "probabilities")
 
+
+def write_proxy_outputs(weights: dict[str, np.ndarray], features: Any, unlabelled: np.ndarray, labelled: np.ndarray,
+                        out_dir: str | Path, batch_size: int, with_probabilities: bool) -> dict[str, Path]:
+    """The proxy's outputs for diversity strategies, as .npy files in the round folder:
+    proxy_hidden.npy (U, H) and proxy_labelled_hidden.npy (L, H) in the features' dtype,
+    proxy_probabilities.npy (U, C) float32 when asked. Strategies open them as memory maps:
+    bounded memory at any pool size, and scattered row reads at page-cache speed (an HDF5
+    dataset costs ~50 us per scattered row, which made BADGE's exact updates 5x slower)."""
     from asvp.atomic import atomic_path
 
     dtype = np.float16 if np.dtype(features.dtype) == np.float16 else np.float32
     hidden_dim, classes = weights["hidden_bias"].shape[0], weights["classifier_bias"].shape[0]
-    with atomic_path(Path(out)) as tmp, h5py.File(tmp, "w") as handle:
-        for name, rows in (("hidden", unlabelled), ("labelled_hidden", labelled)):
-            target = handle.create_dataset(name, shape=(len(rows), hidden_dim), dtype=dtype,
-                                           chunks=(max(1, min(batch_size, len(rows))), hidden_dim))
+    out_dir = Path(out_dir)
+    paths = {name: out_dir / f"proxy_{name}.npy" for name in OUTPUT_NAMES}
+    for name, rows in (("hidden", unlabelled), ("labelled_hidden", labelled)):
+        with atomic_path(paths[name]) as tmp:
+            target = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(rows), hidden_dim))
             probabilities_out = None
             if name == "hidden" and with_probabilities:
-                probabilities_out = handle.create_dataset("probabilities", shape=(len(rows), classes), dtype=np.float32,
-                                                          chunks=(max(1, min(batch_size, len(rows))), classes))
+                probabilities_tmp = paths["probabilities"].with_name(".proxy_probabilities.npy.tmp")
+                probabilities_out = np.lib.format.open_memmap(probabilities_tmp, mode="w+", dtype=np.float32,
+                                                              shape=(len(rows), classes))
             for start, probabilities, hidden in proxy_chunks(weights, features, rows, batch_size):
                 target[start : start + len(hidden)] = hidden.astype(dtype)
                 if probabilities_out is not None:
                     probabilities_out[start : start + len(probabilities)] = probabilities
+            target.flush()
+            del target
+            if probabilities_out is not None:
+                probabilities_out.flush()
+                del probabilities_out
+                probabilities_tmp.replace(paths["probabilities"])
+    if not with_probabilities:
+        paths.pop("probabilities")
+    return paths

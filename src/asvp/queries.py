@@ -44,17 +44,21 @@ def apply_strategy(
     selected_out: str | Path,
     scores_out: str | Path,
     probabilities: np.ndarray | None = None,
+    embeddings: np.ndarray | None = None,
+    labelled_embeddings: np.ndarray | None = None,
 ) -> None:
     """Pick `budget` unlabelled images with a strategy; write selected.csv and (N,) float32 scores.
 
-    `probabilities`: (U, C) float32 model outputs in the order of the unlabelled pool, for the
-    strategies that need them (computed by `rounds.select_round`). Random needs none, so the
-    random baseline's selection runs without torch.
+    `probabilities`: (U, C) float32 model outputs in the order of the unlabelled pool, and
+    `embeddings` (U, D) / `labelled_embeddings` (L, D), for the strategies that need them
+    (computed by `rounds.select_round`). Random needs none, so the random baseline's
+    selection runs without torch.
     """
     pool = read_split_table(pool_csv)
     labelled = read_labelled(labelled_csv, len(pool))
     unlabelled = unlabelled_indices(len(pool), labelled)
-    state = PoolState(unlabelled=unlabelled, labelled=labelled["pool_index"].to_numpy(), probabilities=probabilities)
+    state = PoolState(unlabelled=unlabelled, labelled=labelled["pool_index"].to_numpy(), probabilities=probabilities,
+                      embeddings=embeddings, labelled_embeddings=labelled_embeddings)
     selected, scores = get_strategy(strategy_name).select(state, budget, round_rng(seed, round_index))
     _write_selection(pool, unlabelled, selected, scores, selected_out, scores_out)
 
@@ -75,8 +79,9 @@ def select_with_proxy(
     """SVPp/ASVP selection: score the unlabelled pool with the proxy's weights (numpy, no torch).
 
     Uncertainty strategies score each chunk as the proxy streams the pool (never a (U, C)
-    array). Diversity strategies get the proxy's hidden embeddings through a chunked file,
-    `proxy_outputs.h5` next to `selected_out`, which they read in row chunks.
+    array). Diversity strategies get the proxy's hidden embeddings as memory-mapped .npy files
+    next to `selected_out` (proxy_hidden.npy, proxy_labelled_hidden.npy, proxy_probabilities.npy),
+    removed once the selection is written.
     """
     from asvp import features as feature_store
     from asvp.proxy_scoring import load_weights, proxy_chunks, write_proxy_outputs
@@ -99,17 +104,16 @@ def select_with_proxy(
                     PoolState(unlabelled=rows, labelled=labelled_rows, probabilities=probabilities), rng)
             _write_selection(pool, unlabelled, top_scores(unlabelled, scores, budget), scores, selected_out, scores_out)
             return
-        outputs = Path(selected_out).with_name("proxy_outputs.h5")
-        write_proxy_outputs(weights, pool_features, unlabelled, labelled_rows, outputs, batch_size,
-                            with_probabilities="probabilities" in strategy.needs)
-    import h5py
-
-    with h5py.File(outputs, "r") as stored:
-        state = PoolState(unlabelled=unlabelled, labelled=labelled_rows,
-                          probabilities=stored["probabilities"] if "probabilities" in stored else None,
-                          embeddings=stored["hidden"], labelled_embeddings=stored["labelled_hidden"])
-        selected, scores = strategy.select(state, budget, rng)
+        paths = write_proxy_outputs(weights, pool_features, unlabelled, labelled_rows, Path(selected_out).parent, batch_size,
+                                    with_probabilities="probabilities" in strategy.needs)
+    opened = {name: np.load(path, mmap_mode="r") for name, path in paths.items()}
+    state = PoolState(unlabelled=unlabelled, labelled=labelled_rows, probabilities=opened.get("probabilities"),
+                      embeddings=opened["hidden"], labelled_embeddings=opened["labelled_hidden"])
+    selected, scores = strategy.select(state, budget, rng)
     _write_selection(pool, unlabelled, selected, scores, selected_out, scores_out)
+    del state, opened
+    for path in paths.values():  # recomputable from proxy.npz + features; 5 GB a round at ImageNet scale
+        path.unlink()
 
 
 def select_initial(pool_csv: str | Path, budget: int, seed: int, out: str | Path) -> None:

@@ -163,20 +163,35 @@ def select_round(
     labelled = read_labelled(labelled_csv, len(pool))
     unlabelled = unlabelled_indices(len(pool), labelled)
     strategy = get_strategy(strategy_name)
-    probabilities = None
-    if "probabilities" in strategy.needs:
+    outputs: dict[str, np.ndarray | None] = {"probabilities": None, "embeddings": None, "labelled_embeddings": None}
+    if strategy.needs & {"probabilities", "embeddings"}:
+        labelled_rows = labelled["pool_index"].to_numpy()
+        want_embeddings = "embeddings" in strategy.needs
         if proxy_path is not None and features_path is not None:
             proxy = load_proxy(proxy_path)
             batch = (config or {}).get("proxy", {}).get("inference_batch_size", 16384)
             with feature_store.open_features(features_path) as handle:
-                probabilities, _ = proxy_outputs(proxy, handle["pool/features"], unlabelled, batch)
+                outputs["probabilities"], outputs["embeddings"] = proxy_outputs(
+                    proxy, handle["pool/features"], unlabelled, batch, want_embeddings=want_embeddings)
+                if want_embeddings:
+                    _, outputs["labelled_embeddings"] = proxy_outputs(
+                        proxy, handle["pool/features"], labelled_rows, batch, want_embeddings=True)
         elif model_path is not None and config is not None:
+            # Standard AL: the fine-tuned network's softmax and its backbone features (the embedding
+            # coreset / BADGE / ActiveFT work on), over the images themselves.
             model = classifier_from(torch.load(model_path, map_location="cpu", weights_only=False))
-            dataset = _dataset(config, "pool", pool["source_index"].to_numpy()[unlabelled], train_mode=False)
-            probabilities, _ = predict(
-                model, dataset, batch_size=config["evaluation"]["batch_size"], device=resolve_device(config["device"]),
-                num_workers=config["data"]["num_workers"],
-            )
+            for key, rows in (("probabilities", unlabelled), ("labelled_embeddings", labelled_rows if want_embeddings else None)):
+                if rows is None:
+                    continue
+                dataset = _dataset(config, "pool", pool["source_index"].to_numpy()[rows], train_mode=False)
+                probabilities, embeddings = predict(
+                    model, dataset, batch_size=config["evaluation"]["batch_size"], device=resolve_device(config["device"]),
+                    num_workers=config["data"]["num_workers"],
+                )
+                if key == "probabilities":
+                    outputs["probabilities"], outputs["embeddings"] = probabilities, embeddings if want_embeddings else None
+                else:
+                    outputs["labelled_embeddings"] = embeddings
         else:
             raise ValueError(f"strategy {strategy_name} needs a proxy with features, or a fine-tuned model")
-    apply_strategy(strategy_name, budget, seed, round_index, pool_csv, labelled_csv, selected_out, scores_out, probabilities)
+    apply_strategy(strategy_name, budget, seed, round_index, pool_csv, labelled_csv, selected_out, scores_out, **outputs)
