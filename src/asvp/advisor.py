@@ -49,11 +49,11 @@ def break_even(asvp: pd.Series, standard: pd.Series, gpu_hour_price: float) -> s
     if label_gap > 0:
         if price <= 0:
             return f"{name}: {asvp['method']} needs fewer labels and less compute: cheaper at any label price"
-        return f"{name}: {asvp['method']} is cheaper above {price:.4f} USD per label (it saves {label_gap:.0f} labels, costs {compute_gap:.2f} USD more compute)"
+        return f"{name}: {asvp['method']} is cheaper above {price:.4f} USD per label (it saves {label_gap:.0f} labels, costs {compute_gap:.4f} USD more compute)"
     if price <= 0:
         return f"{name}: {standard['method']} needs fewer labels and less compute: cheaper at any label price"
     return (f"{name}: {asvp['method']} is cheaper only below {price:.4f} USD per label "
-            f"(it needs {-label_gap:.0f} more labels but saves {-compute_gap:.2f} USD of compute)")
+            f"(it needs {-label_gap:.0f} more labels but saves {-compute_gap:.4f} USD of compute)")
 
 
 def advise(experiment_dir: str | Path, label_price: float, gpu_hour_price: float, target_accuracy: float | None = None,
