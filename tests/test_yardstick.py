@@ -50,3 +50,11 @@ def test_a_run_without_random_gets_a_marked_gap_not_a_crash(tmp_path: Path) -> N
     for name in yardstick.FIGURES:
         assert (experiment / "report" / name).stat().st_size > 0
     assert "no random baseline" in (experiment / "report" / "table1.html").read_text()
+
+
+def test_a_run_evaluated_only_at_its_last_round_gets_a_report(tmp_path: Path) -> None:
+    experiment = _tree(tmp_path)
+    summary = pd.read_csv(experiment / "summary.csv")
+    summary[summary["round"] == 2].to_csv(experiment / "summary.csv", index=False)
+    tables = yardstick.build(experiment, CONFIG, experiment / "report")
+    assert set(tables["table1"]["method"]) == {"random", "standard", "asvp"}

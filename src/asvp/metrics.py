@@ -105,7 +105,6 @@ def saving_table(summary: pd.DataFrame) -> pd.DataFrame:
     curve = random_curve(summary)
     n, acc = curve["n_labelled"].to_numpy(), curve["accuracy"].to_numpy()
     _, monotone = monotone_curve(n, acc)
-    first = summary["n_labelled"].min()
     rows = []
     for record in summary.to_dict("records"):
         status = record.get("status", "ok")
@@ -119,7 +118,7 @@ def saving_table(summary: pd.DataFrame) -> pd.DataFrame:
             n2 = equivalent_labels(n, acc, float(record["accuracy"]))
             row.update(equivalent_labels=n2, saving_ratio=saving_ratio(record["n_labelled"], n2),
                        censored=censoring(monotone, float(record["accuracy"])))
-        row["initial_round"] = bool(record["n_labelled"] == first)
+        row["initial_round"] = int(record["round"]) == 0
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -41,16 +41,25 @@ def gap_frame(message: str) -> pd.DataFrame:
     return pd.DataFrame({"gap": [message]})
 
 
+def _count(value: Any) -> int:
+    """A count from a merged table cell (NaN where one side had no row)."""
+    try:
+        return int(value) if math.isfinite(float(value)) else 0
+    except (TypeError, ValueError):
+        return 0
+
+
 def table1(saving: pd.DataFrame, cost: pd.DataFrame) -> pd.DataFrame:
     """Paper Table 1: per method and strategy, the average saving ratio, the overall cost to
     reach random's final accuracy, and the cost saving ratio (mean +- std over seeds)."""
     merged = saving.merge(cost, on=["method", "strategy"], how="outer", suffixes=("", "_cost"))
     rows = []
     for row in merged.to_dict("records"):
-        censored = int(row.get("censored_points", 0) or 0)
-        excluded = int(row.get("excluded_points", 0) or 0)
+        censored, excluded = _count(row.get("censored_points")), _count(row.get("excluded_points"))
         notes = [f"{censored} censored point(s) (bounds)"] * bool(censored) + [f"{excluded} excluded (diverged)"] * bool(excluded)
-        if row.get("reached", row.get("seeds")) < row.get("seeds_cost", row.get("seeds", 0)):
+        if not math.isfinite(float(row.get("saving_ratio_mean", math.nan))) and row["method"] != "random":
+            notes.append("no evaluation point after round 0")
+        if _count(row.get("reached")) < _count(row.get("seeds_cost", row.get("seeds"))):
             notes.append(f"target reached by {row['reached']} of {row['seeds_cost']} seeds")
         rows.append({
             "method": row["method"], "strategy": row["strategy"],
