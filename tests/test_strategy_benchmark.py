@@ -1,0 +1,24 @@
+"""The strategy benchmark runs at a small --scale in seconds and checks the references' picks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_strategy_benchmark_at_small_scale_writes_a_table_with_identical_reference_picks(tmp_path: Path) -> None:
+    out = tmp_path / "BENCHMARKS.md"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "strategies.py"), "--scale", "0.0005", "--picks", "12",
+         "--ref-picks", "6", "--data-dir", str(tmp_path / "data"), "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = out.read_text()
+    for task in ("proxy_margin", "margin", "coreset", "badge", "activeft", "coreset_ref", "badge_ref"):
+        assert f"| {task} |" in text
+    assert text.count("first 6 picks identical") == 2
+    assert list((tmp_path / "data").glob("*.features.npy"))  # the pool is kept for the next run
