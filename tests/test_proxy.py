@@ -185,7 +185,7 @@ def test_recipe_from_config_accepts_the_validated_proxy_section() -> None:
 def test_the_numpy_scoring_pass_matches_the_torch_proxy(tmp_path: Path) -> None:
     """The select job scores with proxy.npz in numpy (no torch import): same probabilities."""
     from asvp.proxy import save_weights
-    from asvp.proxy_scoring import load_weights, proxy_probabilities
+    from asvp.proxy_scoring import load_weights, proxy_chunks
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 8)).astype(np.float32)
@@ -197,6 +197,7 @@ def test_the_numpy_scoring_pass_matches_the_torch_proxy(tmp_path: Path) -> None:
     rows = np.array([50, 3, 31, 59, 10, 32])  # unsorted, as unlabelled rows may be
     expected, _ = proxy_outputs(model, x, rows, batch_size=4)
     with h5py.File(tmp_path / "f.h5") as handle:
-        got = proxy_probabilities(load_weights(tmp_path / "proxy.npz"), handle["pool/features"], rows, batch_size=4)
+        got = np.concatenate([p for _, p, _ in proxy_chunks(load_weights(tmp_path / "proxy.npz"), handle["pool/features"],
+                                                              rows, batch_size=4)])
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
     assert got.dtype == np.float32 and got.shape == (6, 3)

@@ -28,13 +28,7 @@ def _load(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def per_method_costs(summary: pd.DataFrame, rounds: pd.DataFrame, prices: costs.Prices, target: float) -> pd.DataFrame:
     """Labels, compute hours and cost per run to reach `target` (random too: its own curve)."""
-    points = costs.compute_table(summary, rounds, prices)
-    rows = []
-    for (method, strategy, seed), group in points.groupby(costs.RUN_KEYS):
-        reached = costs.reach_target(group, target)
-        rows.append({"method": method, "strategy": strategy, "seed": seed, **reached,
-                     "cost": prices.cost(reached["n_labelled"], reached["compute_hours"])})
-    return pd.DataFrame(rows)
+    return costs.cost_to_target(costs.compute_table(summary, rounds, prices), prices, target, random_at_last=False)
 
 
 def break_even(asvp: pd.Series, standard: pd.Series, gpu_hour_price: float) -> str:

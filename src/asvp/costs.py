@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from asvp.errors import DataError
+from asvp.metrics import RUN_KEYS
 
-RUN_KEYS = ["method", "strategy", "seed"]
 STANDARD_METHODS = ("standard", "standard_lpft")
 LOOP_RULES = ("seconds_select_initial", "seconds_select", "seconds_label", "seconds_train_proxy", "seconds_decide",
               "seconds_extract_pretrained")
@@ -176,13 +176,14 @@ def random_target(summary: pd.DataFrame) -> float:
     return float(rows[rows["n_labelled"] == last]["accuracy"].mean())
 
 
-def cost_to_target(costs: pd.DataFrame, prices: Prices, target: float) -> pd.DataFrame:
+def cost_to_target(costs: pd.DataFrame, prices: Prices, target: float, random_at_last: bool = True) -> pd.DataFrame:
     """Per run: labels and compute to reach `target`, and the overall cost at those prices.
 
-    The random baseline is charged at its last point (the target's own definition)."""
+    With `random_at_last` the random baseline is charged at its last point (the target's own
+    definition when the target is random's final accuracy); otherwise along its own curve."""
     rows = []
     for (method, strategy, seed), points in costs.groupby(RUN_KEYS):
-        if method == "random":
+        if method == "random" and random_at_last:
             last = points.sort_values("n_labelled").iloc[-1]
             reached = {k: float(last[k]) for k in ("n_labelled", "selection_hours", "compute_hours")}
         else:
@@ -206,7 +207,7 @@ def cost_summary(per_run: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def time_model(rounds: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
+def time_model(rounds: pd.DataFrame, costs: pd.DataFrame | None) -> pd.DataFrame:
     """Paper sec. 6.4's terms per (method, strategy), means over seeds, in seconds, with the
     total its formula predicts next to the measured selection time (to the last round)."""
     finetunes = finetune_seconds(rounds)
@@ -230,8 +231,9 @@ def time_model(rounds: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
         else:
             t_tr_full = math.nan
             formula = n_al * (t_tr_proxy + t_f) + t_pre if is_proxy else math.nan
-        last = costs[(costs["method"] == method) & (costs["strategy"] == strategy)]
-        last = last[last["round"] == last["round"].max()]
+        last = pd.DataFrame() if costs is None else costs[(costs["method"] == method) & (costs["strategy"] == strategy)]
+        if not last.empty:
+            last = last[last["round"] == last["round"].max()]
         rows.append({
             "method": method, "strategy": strategy, "N_al": n_al, "N_pre": n_pre if method not in STANDARD_METHODS else math.nan,
             "T_pre": t_pre, "T_tr_proxy": t_tr_proxy, "T_f_proxy": t_f if is_proxy else math.nan,

@@ -32,6 +32,15 @@ def _save(figure: plt.Figure, out: str | Path) -> None:
     plt.close(figure)
 
 
+def _drew_gap(figure: plt.Figure, axis: plt.Axes, frame: pd.DataFrame, out: str | Path) -> bool:
+    """A table that is a marked gap (yardstick.gap_frame) becomes a figure saying why."""
+    if "gap" not in frame.columns:
+        return False
+    _empty(axis, "\n".join(textwrap.wrap(str(frame["gap"].iloc[0]), 60)))
+    _save(figure, out)
+    return True
+
+
 def _legend(axis: plt.Axes, fontsize: int) -> None:
     if axis.get_legend_handles_labels()[0]:
         axis.legend(fontsize=fontsize)
@@ -62,9 +71,7 @@ def accuracy_curves(summary: pd.DataFrame, out: str | Path) -> None:
 def equivalent_labels_plot(saving: pd.DataFrame, out: str | Path) -> None:
     """Fig. 12: equivalent non-AL labels N2 vs labels N1; above the diagonal = labels saved."""
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    if "gap" in saving.columns:
-        _empty(axis, "\n".join(textwrap.wrap(str(saving["gap"].iloc[0]), 60)))
-        _save(figure, out)
+    if _drew_gap(figure, axis, saving, out):
         return
     points = saving[saving["method"] != "random"]
     usable = points[points["excluded"] == ""]
@@ -96,9 +103,7 @@ def equivalent_labels_plot(saving: pd.DataFrame, out: str | Path) -> None:
 def cost_vs_time(per_run: pd.DataFrame, out: str | Path, compute_note: str) -> None:
     """Fig. 13: overall cost to reach random's final accuracy vs the selection compute."""
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    if "gap" in per_run.columns:
-        _empty(axis, "\n".join(textwrap.wrap(str(per_run["gap"].iloc[0]), 60)))
-        _save(figure, out)
+    if _drew_gap(figure, axis, per_run, out):
         return
     reached = per_run[np.isfinite(per_run["cost"])]
     for (method, strategy), group in reached.groupby(["method", "strategy"]):

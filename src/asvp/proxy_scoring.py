@@ -57,14 +57,6 @@ def proxy_chunks(weights: dict[str, np.ndarray], features: Any, rows: np.ndarray
         yield start, e / e.sum(axis=1, keepdims=True), hidden
 
 
-def proxy_probabilities(weights: dict[str, np.ndarray], features: Any, rows: np.ndarray, batch_size: int) -> np.ndarray:
-    """(len(rows), C) float32 softmax outputs for the given pool rows, in the order of `rows`."""
-    out = np.empty((len(rows), len(weights["classifier_bias"])), dtype=np.float32)
-    for start, probabilities, _ in proxy_chunks(weights, features, rows, batch_size):
-        out[start : start + len(probabilities)] = probabilities
-    return out
-
-
 OUTPUT_NAMES = ("hidden", "labelled_hidden", "probabilities")
 
 

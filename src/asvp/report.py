@@ -93,7 +93,8 @@ def collect_rounds(experiment_dir: str | Path, runs: list[tuple[str, str, int]],
 
 def write_round_tables(experiment_dir: str | Path, runs: list[tuple[str, str, int]], n_rounds: int, dataset_json: str | Path,
                        rounds_out: str | Path, decisions_out: str | Path, class_counts_out: str | Path) -> None:
-    classes = read_json(dataset_json).get("classes") or [str(i) for i in range(read_json(dataset_json)["num_classes"])]
+    info = read_json(dataset_json)
+    classes = info.get("classes") or [str(i) for i in range(info["num_classes"])]
     rounds, decisions, counts = collect_rounds(experiment_dir, runs, n_rounds, classes)
     seconds = sorted(c for c in rounds.columns if c.startswith("seconds_"))
     rounds[seconds] = rounds[seconds].fillna(0.0)

@@ -123,7 +123,6 @@ def build(experiment_dir: str | Path, config: dict[str, Any], out_dir: str | Pat
     classes = read_json(experiment_dir / "data" / "dataset.json").get("classes", [])
     prices = costs.Prices.from_config(config.get("cost", {}))
 
-    timing = costs.time_model(rounds, summary.assign(selection_seconds=float("nan")))
     gaps: dict[str, str] = {}
     try:  # a gap in the yardstick (no random baseline, seeds missing, NaN) is shown, not fatal
         metrics.points_are_comparable(summary)
@@ -135,7 +134,6 @@ def build(experiment_dir: str | Path, config: dict[str, Any], out_dir: str | Pat
         saving = average = comparisons = gap_frame(str(exc))
     try:
         cost_points = costs.compute_table(summary, rounds, prices)
-        timing = costs.time_model(rounds, cost_points)
         target = costs.random_target(summary)
         per_run = costs.cost_to_target(cost_points, prices, target)
         cost_table = costs.cost_summary(per_run)
@@ -143,6 +141,8 @@ def build(experiment_dir: str | Path, config: dict[str, Any], out_dir: str | Pat
         gaps["cost"] = str(exc)
         target = float("nan")
         cost_points = per_run = cost_table = gap_frame(str(exc))
+    # Without cost points (a gap) the table keeps its terms and formulas, not the measured totals.
+    timing = costs.time_model(rounds, None if "cost" in gaps else cost_points)
     on_cpu = costs.cpu_factor_applies(summary)
     compute_note = (f"; measured on CPU, x {prices.cpu_to_gpu_factor:g} cost.cpu_to_gpu_factor" if on_cpu else "")
     price_note = (f"Prices: {prices.label_price:g} USD per label, {prices.compute_price_per_hour:g} USD per compute hour. "
