@@ -8,9 +8,17 @@ k-center greedy and k-means++: one full distance pass per pick).
 
 The synthetic pool (clustered: 1000 class centres plus noise, so distances are not all alike)
 is written once under --data-dir as .npy memory maps and reused. Every measurement runs in its
-own process, so its peak RSS is its own. The references are timed on their first --ref-picks
+own process, so its peak RSS is its own; the table gives ru_maxrss (which counts the pages of
+the memory-mapped pool read, dropped by the kernel when memory is short) and the peak of the
+private (anonymous) memory, which is what a run must have. The references are timed on their first --ref-picks
 picks and extrapolated linearly to the full pick count (said so in the table); pick identity
-with the fast version is checked on those first picks.
+with the fast version is checked on those first picks. Approximate BADGE (candidate subset and a
+random projection of the hidden embedding) is compared with exact BADGE by the share of picks
+they have in common, next to the share two exact runs with different rngs have in common.
+
+Each finished task is appended to <data-dir>/results_<pool>.jsonl; a rerun skips what is there
+(`--fresh` forgets it), so a full-scale run that takes hours can be stopped and resumed.
+`--task-timeout S` stops a task after S seconds and records that it did not finish.
 """
 
 from __future__ import annotations
@@ -32,7 +40,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 FULL_ROWS, FULL_DIM, FULL_CLASSES = 1_281_167, 2048, 1000
-TASKS = ("bare_forward", "proxy_margin", "margin", "coreset", "badge", "activeft", "coreset_ref", "badge_ref")
+TASKS = ("bare_forward", "proxy_margin", "margin", "coreset", "badge", "badge_seed2", "badge_approx", "activeft",
+         "coreset_ref", "badge_ref")
+# The approximate BADGE measured: the official code's candidate count (320k of 1.28M) and a
+# 256-d random projection of the hidden embedding, scaled with the pool.
+APPROX_CANDIDATES, APPROX_PROJECTION = 320_000, 256
 
 
 def shape(scale: float) -> tuple[int, int, int]:
@@ -76,6 +88,39 @@ def make_pool(data_dir: Path, scale: float, seed: int = 0) -> dict[str, Path]:
     return paths
 
 
+class AnonymousPeak:
+    """Peak of the process's anonymous (private) resident memory, sampled from /proc every 0.2 s.
+
+    ru_maxrss also counts the pages of the memory-mapped pool that were read (file cache the
+    kernel can drop at any time: up to the 5.2 GB of features); this is what the process holds.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak_kb, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        try:
+            for line in open("/proc/self/status"):
+                if line.startswith("RssAnon:"):
+                    self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+        except OSError:
+            pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self._sample()
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        return self.peak_kb / 2**20
+
+
 def worker(task: str, paths: dict[str, Path], picks: int, labelled: int) -> dict[str, object]:
     """One measurement in this process: seconds, the picks' checksum (or the picks themselves)."""
     from asvp.proxy_scoring import load_weights, proxy_chunks
@@ -89,6 +134,7 @@ def worker(task: str, paths: dict[str, Path], picks: int, labelled: int) -> dict
     unlabelled = np.arange(labelled, rows, dtype=np.int64)
     pool, lab = features[labelled:], features[:labelled]
     rng = np.random.default_rng(1)
+    anonymous = AnonymousPeak()
     started = time.perf_counter()
     result: object = None
     if task in ("bare_forward", "proxy_margin"):
@@ -103,15 +149,29 @@ def worker(task: str, paths: dict[str, Path], picks: int, labelled: int) -> dict
             for start, p, _ in proxy_chunks(weights, features, np.arange(rows), 16384):
                 scores[start : start + len(p)] = margin.score(PoolState(unlabelled=np.arange(len(p)), labelled=unlabelled[:0],
                                                                         probabilities=p), rng)
-    elif task == "margin":
-        result = get_strategy("margin").select(PoolState(unlabelled, unlabelled[:0], probabilities=np.asarray(
-            probabilities[labelled:], dtype=np.float32)), picks, rng)[0]
+    elif task == "margin":  # as the workflow does: scores chunk by chunk, then the top `picks`
+        from asvp.strategies.base import top_scores
+
+        margin, scores = get_strategy("margin"), np.empty(len(unlabelled))
+        for start in range(0, len(unlabelled), 16384):
+            rows = unlabelled[start : start + 16384]
+            scores[start : start + len(rows)] = margin.score(PoolState(rows, unlabelled[:0], probabilities=np.asarray(
+                probabilities[rows[0] : rows[-1] + 1], dtype=np.float32)), rng)
+        result = top_scores(unlabelled, scores, picks) - labelled
     elif task == "coreset":
         result = kcenter_greedy(pool, lab, picks, rng)[0]
     elif task == "coreset_ref":
         result = kcenter_greedy_reference(pool, lab, picks, rng)[0]
     elif task == "badge":
         result = kmeanspp(probabilities[labelled:], pool, picks, rng)
+    elif task == "badge_seed2":  # the overlap two exact runs with different rngs reach: the yardstick
+        result = kmeanspp(probabilities[labelled:], pool, picks, np.random.default_rng(2))
+    elif task == "badge_approx":
+        from asvp.strategies.badge import kmeanspp_approximate
+
+        candidates = max(picks, int(APPROX_CANDIDATES * rows / FULL_ROWS))
+        result = kmeanspp_approximate(probabilities[labelled:], pool, picks, rng, candidates,
+                                      min(APPROX_PROJECTION, pool.shape[1]))
     elif task == "badge_ref":
         result = kmeanspp_reference(probabilities[labelled:], pool, picks, rng)
     elif task == "activeft":
@@ -119,31 +179,74 @@ def worker(task: str, paths: dict[str, Path], picks: int, labelled: int) -> dict
 
         result = activeft_select(pool, lab, picks, rng)[0]
     seconds = time.perf_counter() - started
+    peak_anonymous = anonymous.stop()
+    if result is not None:
+        np.save(picks_path(paths, task, picks), np.asarray(result, dtype=np.int64))
     return {"task": task, "seconds": seconds, "picks": picks,
             "first_picks": np.asarray(result)[:1000].tolist() if result is not None else None,
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak_anon_gb": peak_anonymous}
 
 
-def run_worker(task: str, data_dir: Path, scale: float, picks: int, labelled: int) -> dict[str, object]:
+def picks_path(paths: dict[str, Path], task: str, picks: int) -> Path:
+    return paths["features"].parent / f"picks_{paths['features'].name.split('.')[0]}_{task}_{picks}.npy"
+
+
+def run_worker(task: str, data_dir: Path, scale: float, picks: int, labelled: int, timeout: float | None) -> dict[str, object]:
+    """One task in a child process; a task past `timeout` seconds is recorded as such, not lost."""
     command = [sys.executable, __file__, "--worker", task, "--data-dir", str(data_dir), "--scale", str(scale),
                "--picks", str(picks), "--labelled", str(labelled)]
-    out = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    started = time.perf_counter()
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, check=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"task": task, "picks": picks, "seconds": timeout, "timed_out": True, "peak_rss_gb": float("nan"),
+                "peak_anon_gb": float("nan")}
+    except subprocess.CalledProcessError as error:  # e.g. killed for memory: recorded, the others still run
+        return {"task": task, "picks": picks, "seconds": time.perf_counter() - started, "failed": error.returncode,
+                "stderr": error.stderr[-500:], "peak_rss_gb": float("nan"), "peak_anon_gb": float("nan")}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def benchmark(scale: float, picks: list[int], ref_picks: int, data_dir: Path, labelled: int) -> list[dict[str, object]]:
-    make_pool(data_dir, scale)
-    rows: list[dict[str, object]] = []
-    for task in ("bare_forward", "proxy_margin"):
-        rows.append(run_worker(task, data_dir, scale, 0, labelled))
-    for k in picks:
-        for task in ("margin", "coreset", "badge", "activeft"):
-            rows.append(run_worker(task, data_dir, scale, k, labelled))
-    for task in ("coreset_ref", "badge_ref"):
-        measured = run_worker(task, data_dir, scale, ref_picks, labelled)
-        fast = next(r for r in rows if r["task"] == task.removesuffix("_ref"))
-        measured["same_picks"] = measured["first_picks"] == fast["first_picks"][:ref_picks]
-        rows.append(measured)
+def overlap(paths: dict[str, Path], task: str, other: str, picks: int) -> float | None:
+    """Share of `task`'s picks that `other` also picked (both of `picks` samples), if both ran."""
+    a, b = picks_path(paths, task, picks), picks_path(paths, other, picks)
+    if not (a.exists() and b.exists()):
+        return None
+    return len(np.intersect1d(np.load(a), np.load(b))) / picks
+
+
+def benchmark(scale: float, picks: list[int], ref_picks: int, data_dir: Path, labelled: int,
+              tasks: tuple[str, ...] = TASKS, timeout: float | None = None, fresh: bool = False) -> list[dict[str, object]]:
+    """Run every (task, picks) not yet in the results file of this pool; return all its rows.
+
+    Results are appended to <data-dir>/results_<pool>.jsonl as each task ends, so an interrupted
+    full-scale run (hours) resumes with the tasks it has not finished.
+    """
+    paths = make_pool(data_dir, scale)
+    log = data_dir / f"results_{paths['features'].name.split('.')[0]}.jsonl"
+    if fresh:
+        log.unlink(missing_ok=True)
+    done = {(r["task"], r["picks"]): r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
+    plan = [(t, 0) for t in ("bare_forward", "proxy_margin")]
+    plan += [(t, k) for k in picks for t in ("margin", "coreset", "badge", "badge_seed2", "badge_approx", "activeft")]
+    plan += [(t, ref_picks) for t in ("coreset_ref", "badge_ref")]
+    for task, k in plan:
+        if task not in tasks or (task, k) in done:
+            continue
+        row = run_worker(task, data_dir, scale, k, labelled, timeout)
+        print(json.dumps({key: v for key, v in row.items() if key != "first_picks"}), file=sys.stderr, flush=True)
+        done[(task, k)] = row
+        with open(log, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+    rows = [done[key] for key in plan if key in done]
+    for r in rows:
+        if r["task"].endswith("_ref") and not r.get("timed_out"):
+            fast = [f for f in rows if f["task"] == r["task"].removesuffix("_ref") and f.get("first_picks")]
+            if fast:
+                r["same_picks"] = r["first_picks"] == fast[0]["first_picks"][: r["picks"]]
+        if r["task"] in ("badge_seed2", "badge_approx"):
+            r["overlap"] = overlap(paths, r["task"], "badge", r["picks"])
     return rows
 
 
@@ -151,14 +254,23 @@ def table(rows: list[dict[str, object]], scale: float, picks: list[int], ref_pic
     u, d, c = shape(scale)
     lines = [f"### Strategies at {u} x {d} float16, {c} classes ({dt.date.today()}, {platform.node()}, "
              f"{os.cpu_count()} CPUs)", "", f"`python benchmarks/strategies.py --scale {scale} --picks {' '.join(map(str, picks))} "
-             f"--ref-picks {ref_picks}`", "", "| task | picks | seconds | peak RSS (GB) | note |", "|---|--:|--:|--:|---|"]
+             f"--ref-picks {ref_picks}`", "", "| task | picks | seconds | peak RSS (GB) | peak private (GB) | note |", "|---|--:|--:|--:|--:|---|"]
     for r in rows:
         note = ""
-        if r["task"].endswith("_ref"):
+        if r.get("timed_out"):
+            note = f"did not finish within {r['seconds']:.0f} s (stopped)"
+        elif r.get("failed") is not None:
+            note = f"FAILED (exit {r['failed']}{', killed: out of memory?' if r['failed'] == -9 else ''})"
+        elif r["task"].endswith("_ref"):
             per_pick = r["seconds"] / max(1, r["picks"])
             note = (f"first {r['picks']} picks {'identical' if r.get('same_picks') else 'DIFFER'}; extrapolated: "
                     + ", ".join(f"{per_pick * k:.0f} s for {k}" for k in picks))
-        lines.append(f"| {r['task']} | {r['picks']} | {r['seconds']:.2f} | {r['peak_rss_gb']:.2f} | {note} |")
+        elif r.get("overlap") is not None:
+            what = "exact BADGE, another rng" if r["task"] == "badge_seed2" else (
+                f"candidates {max(r['picks'], int(APPROX_CANDIDATES * u / FULL_ROWS))}, projection {min(APPROX_PROJECTION, d)}")
+            note = f"{what}: {100 * r['overlap']:.1f}% of the picks shared with exact BADGE"
+        lines.append(f"| {r['task']} | {r['picks']} | {r['seconds']:.2f} | {r['peak_rss_gb']:.2f} | "
+                     f"{r.get('peak_anon_gb', float('nan')):.2f} | {note} |")
     return "\n".join(lines) + "\n"
 
 
@@ -171,13 +283,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=REPO / "benchmarks" / "data")
     parser.add_argument("--out", type=Path, default=None, help="append the table to this file (e.g. BENCHMARKS.md)")
     parser.add_argument("--worker", choices=TASKS)
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="run only these")
+    parser.add_argument("--task-timeout", type=float, default=None, help="seconds before a task is stopped and recorded so")
+    parser.add_argument("--fresh", action="store_true", help="forget the results file of this pool and rerun every task")
     args = parser.parse_args(argv)
     labelled = args.labelled if args.labelled is not None else max(10, int(10000 * min(args.scale, 1)))
     if args.worker:
         paths = make_pool(args.data_dir, args.scale)
         print(json.dumps(worker(args.worker, paths, args.picks[0], labelled)))
         return 0
-    rows = benchmark(args.scale, args.picks, args.ref_picks, args.data_dir, labelled)
+    rows = benchmark(args.scale, args.picks, args.ref_picks, args.data_dir, labelled, tuple(args.tasks), args.task_timeout,
+                     args.fresh)
     text = table(rows, args.scale, args.picks, args.ref_picks)
     print(text)
     if args.out:

@@ -52,21 +52,9 @@ SELECTION_PRIORITY = 10
 ASVP_METHODS = tuple(ABLATION_SWITCHES)  # asvp and its Table 3 ablations: they decide every round
 PROXY_METHODS = ("svpp", *ASVP_METHODS)
 STANDARD_METHODS = ("standard", "standard_lpft")
-UNSUPPORTED_METHODS = {
-    "activeft_pre": "ActiveFT(pre) needs the ActiveFT strategy, which is not implemented yet",
-}
-
-
-def check_methods():
-    for method in config["methods"]:
-        if method in UNSUPPORTED_METHODS:
-            raise ValueError(
-                f"method '{method}' cannot run yet: {UNSUPPORTED_METHODS[method]}. "
-                "Remove it from `methods` in the config."
-            )
-
-
-check_methods()
+# ActiveFT(pre): every evaluation point is its own single-shot selection on the pre-trained
+# features (labelled sets not nested, no rounds in between), then FT.
+SINGLE_SHOT_METHODS = ("activeft_pre",)
 
 
 wildcard_constraints:
@@ -81,13 +69,32 @@ wildcard_constraints:
 PLANNING_KEYS = {"evaluation": ("at",)}
 
 
-def cfg_json(*sections):
-    """Shell-quoted JSON of config sections: a rule's params, so it reruns only when they change."""
-    excerpt = {
+def cfg_excerpt(*sections):
+    return {
         s: {k: v for k, v in config[s].items() if k not in PLANNING_KEYS.get(s, ())} if isinstance(config[s], dict) else config[s]
         for s in sections
     }
-    return shlex.quote(json.dumps(excerpt, sort_keys=True))
+
+
+def cfg_json(*sections):
+    """Shell-quoted JSON of config sections: a rule's params, so it reruns only when they change."""
+    return shlex.quote(json.dumps(cfg_excerpt(*sections), sort_keys=True))
+
+
+def select_cfg(*sections):
+    """Params of a selection job: `sections` plus the options of its own strategy only (and the
+    device for ActiveFT, which runs on it), so changing one strategy's options reruns only its jobs."""
+
+    def params(wildcards):
+        excerpt = cfg_excerpt(*sections)
+        options = config["strategy_options"].get(wildcards.strategy, {})
+        if options:  # absent when the strategy has none: results from before the key existed stay valid
+            excerpt["strategy_options"] = {wildcards.strategy: options}
+        if wildcards.strategy == "activeft":
+            excerpt["device"] = config["device"]
+        return shlex.quote(json.dumps(excerpt, sort_keys=True))
+
+    return params
 
 
 def prev_round(wildcards):
@@ -101,7 +108,14 @@ def round_file(wildcards, name, r=None):
 
 
 def strategies_of(method):
+    if method in SINGLE_SHOT_METHODS:
+        return ["activeft"]
     return ["random"] if method == "random" else config["strategies"]
+
+
+def rounds_of(method):
+    """The rounds a method's run has: single-shot methods only select at evaluation points."""
+    return EVAL_ROUNDS if method in SINGLE_SHOT_METHODS else range(N_ROUNDS)
 
 
 def runs():
@@ -126,6 +140,7 @@ def all_rounds():
         f"{RES}/{method}/{strategy}/seed{seed}/round{r:03d}/{name}"
         for r in range(N_ROUNDS)
         for method, strategy, seed in runs()
+        if r in rounds_of(method)
         for name in (["labelled.csv"] + (["decision.json"] if method in ASVP_METHODS else []))
     ]
 
@@ -207,6 +222,6 @@ def proxy_features(wildcards, r):
 # rules/select.smk
 def label_inputs(wildcards):
     inputs = {"selected": round_file(wildcards, "selected.csv"), "pool": rules.define_pool.output.pool}
-    if int(wildcards.r) > 0:
+    if int(wildcards.r) > 0 and wildcards.method not in SINGLE_SHOT_METHODS:
         inputs["previous"] = round_file(wildcards, "labelled.csv", prev_round(wildcards))
     return inputs

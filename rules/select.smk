@@ -1,8 +1,17 @@
-# Each round's query: round 0 is a seeded random draw; later rounds score the pool with the
-# method's selection model; `label` asks the (simulated) oracle and grows the labelled set.
+# Each round's query: round 0 is a seeded random draw (ActiveFT on the pre-trained features for
+# the activeft strategy); later rounds score the pool with the method's selection model;
+# `label` asks the (simulated) oracle and grows the labelled set. ActiveFT(pre) selects every
+# evaluation point afresh on the pre-trained features.
+
+# A later round of a proxy or standard method with the activeft strategy matches both its own
+# rule and select_pretrained: its own rule wins (select_pretrained is for round 0 and ActiveFT(pre)).
+ruleorder: select_proxy > select_pretrained
+ruleorder: select_standard > select_pretrained
 
 
 rule select_initial:
+    wildcard_constraints:
+        strategy=r"(?!activeft)[a-z_]+",
     input:
         pool=rules.define_pool.output.pool,
     output:
@@ -16,6 +25,32 @@ rule select_initial:
     shell:
         "{ASVP} select-initial --pool {input.pool} --budget {params.budget} --seed {wildcards.seed} "
         "--out {output} > {log} 2>&1"
+
+
+rule select_pretrained:
+    wildcard_constraints:
+        strategy="activeft",
+    input:
+        pool=rules.define_pool.output.pool,
+        features=rules.extract_pretrained.output[0],
+    output:
+        selected=f"{ROUND}/selected.csv",
+        scores=f"{ROUND}/scores.npy",
+    params:
+        budget=lambda w: cumulative_labels(BUDGETS)[int(w.r)],
+        cfg=select_cfg(),
+    threads: JOB_THREADS
+    resources:
+        gpu=1 if config["device"] == "cuda" else 0,
+    priority: SELECTION_PRIORITY
+    log:
+        f"{ROUND}/logs/select.log",
+    benchmark:
+        f"{ROUND}/benchmarks/select.tsv"
+    shell:
+        "{ASVP} --threads {threads} select-single-shot --budget {params.budget} --seed {wildcards.seed} "
+        "--round {wildcards.r} --pool {input.pool} --features {input.features} --config-json {params.cfg} "
+        "--selected-out {output.selected} --scores-out {output.scores} > {log} 2>&1"
 
 
 rule select_proxy:
@@ -32,7 +67,7 @@ rule select_proxy:
         scores=f"{ROUND}/scores.npy",
     params:
         budget=lambda w: BUDGETS[int(w.r)],
-        cfg=cfg_json("proxy"),
+        cfg=select_cfg("proxy"),
     threads: JOB_THREADS
     priority: SELECTION_PRIORITY
     log:
@@ -59,7 +94,7 @@ rule select_standard:
         scores=f"{ROUND}/scores.npy",
     params:
         budget=lambda w: BUDGETS[int(w.r)],
-        cfg=cfg_json("data", "evaluation", "device"),
+        cfg=select_cfg("data", "evaluation", "device"),
     threads: JOB_THREADS
     resources:
         gpu=1 if config["device"] == "cuda" else 0,

@@ -256,3 +256,41 @@ def test_registered_under_badge_with_its_needs(badge: ModuleType) -> None:
     strategy = get_strategy("badge")
     assert isinstance(strategy, badge.Badge)
     assert strategy.needs == frozenset({"probabilities", "embeddings"})
+
+
+def test_approximate_mode_picks_only_candidates_and_is_seeded(badge: ModuleType) -> None:
+    p, h = _clustered(2000, seed=9)
+    picks = badge.kmeanspp_approximate(p, h, 30, np.random.default_rng(4), candidates=300)
+    again = badge.kmeanspp_approximate(p, h, 30, np.random.default_rng(4), candidates=300)
+    assert picks.tolist() == again.tolist() and len(set(picks.tolist())) == 30
+    # The candidates are the first draw of the rng: every pick is one of them.
+    candidates = np.sort(np.random.default_rng(4).choice(2000, size=300, replace=False))
+    assert set(picks.tolist()) <= set(candidates.tolist())
+    # Exact BADGE on those candidates alone picks the same rows.
+    rng = np.random.default_rng(4)
+    rng.choice(2000, size=300, replace=False)
+    assert picks.tolist() == candidates[badge.kmeanspp(p[candidates], h[candidates], 30, rng)].tolist()
+
+
+def test_projection_keeps_gradient_norms_close_and_runs_on_h5py(badge: ModuleType, tmp_path: Path) -> None:
+    p, h = _clustered(600, dim=256, seed=10)
+    with h5py.File(tmp_path / "proxy.h5", "w") as f:
+        f["p"], f["h"] = p, h
+    with h5py.File(tmp_path / "proxy.h5", "r") as f:
+        picks = badge.kmeanspp_approximate(f["p"], f["h"], 20, np.random.default_rng(5), projection_dim=64)
+    assert picks.tolist() == badge.kmeanspp_approximate(p, h, 20, np.random.default_rng(5), projection_dim=64).tolist()
+    projection = np.random.default_rng(5).standard_normal((256, 64)) / 8.0
+    ratio = np.linalg.norm(h @ projection, axis=1) / np.linalg.norm(h, axis=1)
+    assert np.all(np.abs(ratio - 1.0) < 0.5) and abs(np.median(ratio) - 1.0) < 0.1  # Johnson-Lindenstrauss, 64 dims
+
+
+def test_strategy_options_select_the_approximate_mode_and_bad_ones_are_config_errors(badge: ModuleType) -> None:
+    p, h = _clustered(500, seed=11)
+    unlabelled = np.arange(100, 600, dtype=np.int64)
+    selected, scores = get_strategy("badge", {"candidates": 80}).select(_state(p, h, unlabelled), 10, np.random.default_rng(6))
+    expected = badge.kmeanspp_approximate(p, h, 10, np.random.default_rng(6), candidates=80)
+    assert selected.tolist() == (unlabelled[expected]).tolist() and scores.shape == (500,)
+    with pytest.raises(ConfigError, match="candidates .* at least the round budget"):
+        get_strategy("badge", {"candidates": 5}).select(_state(p, h, unlabelled), 10, np.random.default_rng(6))
+    with pytest.raises(ConfigError, match="strategy_options.badge"):
+        get_strategy("badge", {"candidate": 80})

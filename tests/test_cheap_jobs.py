@@ -134,7 +134,8 @@ def test_proxy_selection_streams_the_pool_and_equals_the_in_memory_selection(run
     _proxy_weights(run_files / "proxy.npz")
     out = run_files / "r1"
     select_with_proxy(strategy, 10, 0, 1, run_files / "pool.csv", run_files / "r0" / "labelled.csv", run_files / "features.h5",
-                      run_files / "proxy.npz", out / "selected.csv", out / "scores.npy", batch_size=7)
+                      run_files / "proxy.npz", out / "selected.csv", out / "scores.npy",
+                          {"proxy": {"inference_batch_size": 7}})
     streamed = pd.read_csv(out / "selected.csv")["pool_index"].to_numpy()
     assert not list(out.glob("proxy_*.npy"))  # the embeddings files are gone once selected.csv exists
 

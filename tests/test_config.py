@@ -186,3 +186,15 @@ def test_load_config_reports_errors_with_the_file_name(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert "typo.yaml" in str(info.value) and "proxy.lrr" in str(info.value)
+
+
+def test_strategy_options_are_filled_typed_and_checked_against_the_budgets() -> None:
+    config = validate_config({"experiment": "unit"})
+    assert config["strategy_options"]["activeft"] == {"iterations": 100, "batch_size": 20000, "tau": 0.07, "lr": 0.001,
+                                                      "balance": 1.0}
+    assert config["strategy_options"]["badge"] == {"candidates": None, "projection_dim": None}
+    with pytest.raises(ConfigError, match="strategy_options.activeft"):
+        validate_config({"experiment": "unit", "strategy_options": {"activeft": {"iters": 5}}})
+    with pytest.raises(ConfigError, match="candidates is 50, fewer than the largest round budget"):
+        validate_config({"experiment": "unit", "strategies": ["badge"], "schedule": {"budgets": [100, 100]},
+                         "strategy_options": {"badge": {"candidates": 50}}})

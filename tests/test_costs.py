@@ -162,3 +162,16 @@ def test_break_even_when_asvp_needs_more_labels() -> None:
 def test_missing_tables_name_the_fix(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="run the workflow"):
         advise(tmp_path, 0.036, 3.0)
+
+
+def test_single_shot_points_are_charged_alone() -> None:
+    """ActiveFT(pre): each evaluation point is its own selection; nothing accumulates over points."""
+    rounds = pd.DataFrame([
+        _row("activeft_pre", 0, 0, 100, seconds_select=30.0, seconds_label=1.0, seconds_extract_pretrained=60.0,
+             **_eval("p0", 100.0)),
+        _row("activeft_pre", 0, 2, 300, seconds_select=50.0, seconds_label=1.0, seconds_extract_pretrained=60.0,
+             **_eval("p2", 200.0)),
+    ])
+    shots = costs.run_compute(rounds, costs.finetune_seconds(rounds)).set_index("round")
+    assert shots.loc[0, "selection_seconds"] == pytest.approx(91.0) and shots.loc[0, "final_seconds"] == 100.0
+    assert shots.loc[2, "selection_seconds"] == pytest.approx(111.0) and shots.loc[2, "final_seconds"] == 200.0

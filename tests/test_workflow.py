@@ -181,13 +181,17 @@ def test_unknown_config_key_stops_before_any_job(tmp_path: Path) -> None:
     assert not (tmp_path / "results").exists()
 
 
-def test_unimplemented_method_is_refused_with_the_reason(tmp_path: Path) -> None:
+def test_activeft_pre_plans_one_single_shot_per_evaluation_point(tmp_path: Path) -> None:
     override = tmp_path / "activeft.yaml"
-    override.write_text("methods: [activeft_pre]\n")
-    result = snakemake(tmp_path, "-n", configfiles=(TINY, override))
-    assert result.returncode != 0
-    assert "method 'activeft_pre' cannot run yet" in result.stdout + result.stderr
-    assert "ActiveFT" in result.stdout + result.stderr
+    override.write_text("methods: [activeft_pre]\nschedule:\n  budgets: [20, 20, 20]\nevaluation:\n  at: [20, 60]\n")
+    result = snakemake(tmp_path, "-n", "-p", configfiles=(TINY, override))
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = planned_jobs(result.stdout)
+    selections = sorted(w["r"] for rule, w in jobs if rule == "select_pretrained")
+    assert selections == ["000", "002"]  # no round in between: each point is its own selection
+    assert all(w["strategy"] == "activeft" for rule, w in jobs if rule == "select_pretrained")
+    assert not [rule for rule, _ in jobs if rule in ("train_proxy", "select_initial", "select_proxy")]
+    assert re.search(r"select-single-shot --budget 60 .*--round 002", result.stdout)
 
 
 def test_threshold_zero_never_refreshes_and_trains_lpft(
@@ -264,7 +268,8 @@ def test_advisor_reads_the_finished_run(finished_run: Path) -> None:
 
 def test_every_strategy_runs_through_a_tiny_proxy_run(tmp_path: Path, real_fashion_mnist: Path, default_weights: Path) -> None:
     override = tmp_path / "strategies.yaml"
-    override.write_text("methods: [random, svpp]\nstrategies: [margin, confidence, entropy, coreset, badge, activeft]\n"
+    override.write_text("methods: [random, svpp, activeft_pre]\n"
+                        "strategies: [margin, confidence, entropy, coreset, badge, activeft]\n"
                         "schedule:\n  budgets: [20, 20]\nevaluation:\n  at: [40]\n")
     result = snakemake(tmp_path, configfiles=(TINY, override))
     assert result.returncode == 0, result.stderr[-6000:]
@@ -276,5 +281,20 @@ def test_every_strategy_runs_through_a_tiny_proxy_run(tmp_path: Path, real_fashi
         assert not set(selected["pool_index"]) & set(labelled["pool_index"])
         selections[strategy] = frozenset(selected["pool_index"])
     assert len(set(selections.values())) >= 5  # the strategies really differ
+    run = tmp_path / "results/tiny/svpp"
+    initial = {s: set(pd.read_csv(run / s / "seed0/round000/labelled.csv")["pool_index"]) for s in ("margin", "activeft")}
+    assert initial["margin"] != initial["activeft"]  # ActiveFT's round 0 is ActiveFT on the pre-trained features
+    assert "ActiveFT: 100 iterations" in (run / "activeft/seed0/round000/logs/select.log").read_text()
+    # ActiveFT(pre): one single shot of 40 labels on the pre-trained features, then FT.
+    single = tmp_path / "results/tiny/activeft_pre/activeft/seed0"
+    assert not (single / "round000").exists()
+    shot = pd.read_csv(single / "round001/labelled.csv")
+    assert len(shot) == 40 and shot["pool_index"].is_unique and set(shot["round"]) == {1}
+    log = (single / "round001/logs/select.log").read_text()
+    first, last = map(float, re.search(r"loss (\S+) -> (\S+)", log).groups())
+    assert last < first
     summary = pd.read_csv(tmp_path / "results/tiny/summary.csv")
     assert set(summary["strategy"]) == {"random", "margin", "confidence", "entropy", "coreset", "badge", "activeft"}
+    point = summary[summary["method"] == "activeft_pre"]
+    assert list(point["n_labelled"]) == [40] and list(point["train_method"]) == ["ft"]
+    assert point["accuracy"].iloc[0] > 0.2  # 10 classes: well above chance after FT on 40 labels

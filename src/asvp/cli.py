@@ -48,14 +48,13 @@ def run_torch_free(args: argparse.Namespace) -> bool:
         from asvp import queries
 
         queries.apply_strategy(args.strategy, args.budget, args.seed, args.round, args.pool, args.labelled,
-                               args.selected_out, args.scores_out)
+                               args.selected_out, args.scores_out, config=_config(args))
     elif args.command == "select" and args.proxy_weights:
         from asvp import queries
 
         queries.select_with_proxy(
             args.strategy, args.budget, args.seed, args.round, args.pool, args.labelled, args.features,
-            args.proxy_weights, args.selected_out, args.scores_out,
-            _config(args).get("proxy", {}).get("inference_batch_size", 16384),
+            args.proxy_weights, args.selected_out, args.scores_out, _config(args),
         )
     elif args.command == "summarize":
         from asvp import report
@@ -127,6 +126,11 @@ def run_command(args: argparse.Namespace) -> None:
             args.scores_out, features_path=args.features, proxy_path=args.proxy, model_path=args.model,
             config=_config(args),
         )
+    elif args.command == "select-single-shot":
+        from asvp import queries
+
+        queries.select_on_pretrained_features(args.budget, args.seed, args.round, args.pool, args.features,
+                                              args.selected_out, args.scores_out, _config(args))
     elif args.command == "refresh-features":
         from asvp import evaluation
 
@@ -195,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proxy-weights", help="the proxy's weights as arrays (proxy.npz): scores without torch")
     p.add_argument("--model", help="fine-tuned model.pt (standard AL selection)")
     p.add_argument("--config-json", default="{}")
+
+    p = add("select-single-shot", "ActiveFT on the pre-trained features of the whole pool, no labels (ActiveFT(pre))",
+            config=True)
+    for name in ("--budget", "--seed", "--round"):
+        p.add_argument(name, type=int, required=True)
+    for name in ("--pool", "--features", "--selected-out", "--scores-out"):
+        p.add_argument(name, required=True)
 
     p = add("label", "simulated oracle: label the selection and append it to the labelled set")
     for name in ("--selected", "--pool", "--out"):

@@ -120,6 +120,12 @@ def _check_consistency(config: dict[str, Any], source: str) -> None:
         evaluation_rounds(budgets, config["evaluation"]["at"])
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    candidates = config["strategy_options"]["badge"]["candidates"]
+    if "badge" in config["strategies"] and candidates is not None and len(budgets) > 1 and candidates < max(budgets[1:]):
+        raise ConfigError(
+            f"{source}: strategy_options.badge.candidates is {candidates}, fewer than the largest round budget "
+            f"({max(budgets[1:])}): BADGE could not fill that round. Raise it or set it to null (exact BADGE)."
+        )
     lpft = config["lpft"]
     for recipe_name, recipe, epochs in (
         ("finetune", config["finetune"], config["finetune"]["epochs"]),

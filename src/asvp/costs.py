@@ -4,6 +4,8 @@ What a run is charged for, at an evaluation point after round r:
   * the *selection* compute of rounds 0..r: every job of the selection loop (select, label,
     proxy training, decide, the pre-trained extraction for feature methods, ASVP's refresh:
     its fine-tune and re-extraction; standard AL's per-round fine-tunes of rounds < r);
+  * for ActiveFT(pre), whose points are independent single shots: that point's extraction,
+    selection and label jobs only;
   * the *final model* at r: one fine-tune (FT or LP-FT), which every method, random included,
     must train once to deliver a model. Its test evaluation is the experiment's measurement,
     not a cost a practitioner pays, and is not charged.
@@ -29,6 +31,7 @@ from asvp.errors import DataError
 from asvp.metrics import RUN_KEYS
 
 STANDARD_METHODS = ("standard", "standard_lpft")
+SINGLE_SHOT_METHODS = ("activeft_pre",)  # every evaluation point a fresh selection (ActiveFT(pre))
 LOOP_RULES = ("seconds_select_initial", "seconds_select", "seconds_label", "seconds_train_proxy", "seconds_decide",
               "seconds_extract_pretrained")
 
@@ -93,10 +96,13 @@ def run_compute(run_rounds: pd.DataFrame, finetunes: dict[str, float]) -> pd.Dat
     of the final model if the run stopped there (0 when that fine-tune was already charged)."""
     run_rounds = run_rounds.sort_values("round")
     standard = run_rounds["method"].iloc[0] in STANDARD_METHODS
+    single_shot = run_rounds["method"].iloc[0] in SINGLE_SHOT_METHODS
     charged: set[str] = set()
     selection = 0.0
     rows = []
     for row in run_rounds.to_dict("records"):
+        if single_shot:  # each point is its own run: its extraction, its selection, its fine-tune
+            selection, charged = 0.0, set()
         selection += sum(_num(row.get(c)) for c in LOOP_RULES)
         if _num(row.get("seconds_refresh_features")):
             selection += max(0.0, _num(row["seconds_refresh_features"]) - _trained_here(row, "refresh"))

@@ -1,11 +1,13 @@
-"""The cheap per-round file steps: round 0's random query and the (simulated) oracle.
+"""The per-round query steps: round 0's random query, proxy scoring, ActiveFT on the
+pre-trained features (single shot), and the (simulated) oracle.
 
-Kept free of torch so these many small jobs start in a fraction of a second.
+The cheap ones are kept free of torch so these many small jobs start in a fraction of a second.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,12 +15,21 @@ from asvp.atomic import write_csv, write_npy
 from asvp.errors import ConfigError
 from asvp.pool import label_selection, read_labelled, read_selected, read_split_table, unlabelled_indices, write_selected
 from asvp.strategies import PoolState, get_strategy
-from asvp.strategies.base import check_budget, top_scores
+from asvp.strategies.base import Strategy, check_budget, top_scores
 
 
 def round_rng(seed: int, round_index: int) -> np.random.Generator:
     """One independent, reproducible random stream per (seed, round)."""
     return np.random.default_rng([seed, round_index])
+
+
+def strategy_from_config(name: str, config: dict[str, Any] | None) -> Strategy:
+    """The strategy with its `strategy_options.<name>`; ActiveFT also follows the `device` key."""
+    config = config or {}
+    options = dict(config.get("strategy_options", {}).get(name, {}))
+    if name == "activeft" and "device" in config:
+        options["device"] = config["device"]
+    return get_strategy(name, options)
 
 
 def needs_model(strategy_name: str) -> bool:
@@ -46,6 +57,7 @@ def apply_strategy(
     probabilities: np.ndarray | None = None,
     embeddings: np.ndarray | None = None,
     labelled_embeddings: np.ndarray | None = None,
+    config: dict[str, Any] | None = None,
 ) -> None:
     """Pick `budget` unlabelled images with a strategy; write selected.csv and (N,) float32 scores.
 
@@ -59,7 +71,7 @@ def apply_strategy(
     unlabelled = unlabelled_indices(len(pool), labelled)
     state = PoolState(unlabelled=unlabelled, labelled=labelled["pool_index"].to_numpy(), probabilities=probabilities,
                       embeddings=embeddings, labelled_embeddings=labelled_embeddings)
-    selected, scores = get_strategy(strategy_name).select(state, budget, round_rng(seed, round_index))
+    selected, scores = strategy_from_config(strategy_name, config).select(state, budget, round_rng(seed, round_index))
     _write_selection(pool, unlabelled, selected, scores, selected_out, scores_out)
 
 
@@ -74,7 +86,7 @@ def select_with_proxy(
     weights_path: str | Path,
     selected_out: str | Path,
     scores_out: str | Path,
-    batch_size: int = 16384,
+    config: dict[str, Any] | None = None,
 ) -> None:
     """SVPp/ASVP selection: score the unlabelled pool with the proxy's weights (numpy, no torch).
 
@@ -90,7 +102,8 @@ def select_with_proxy(
     labelled = read_labelled(labelled_csv, len(pool))
     labelled_rows = labelled["pool_index"].to_numpy()
     unlabelled = unlabelled_indices(len(pool), labelled)
-    strategy = get_strategy(strategy_name)
+    strategy = strategy_from_config(strategy_name, config)
+    batch_size = (config or {}).get("proxy", {}).get("inference_batch_size", 16384)
     weights = load_weights(weights_path)
     rng = round_rng(seed, round_index)
     check_budget(PoolState(unlabelled=unlabelled, labelled=labelled_rows), budget)
@@ -114,6 +127,37 @@ def select_with_proxy(
     del state, opened
     for path in paths.values():  # recomputable from proxy.npz + features; 5 GB a round at ImageNet scale
         path.unlink()
+
+
+def select_on_pretrained_features(
+    budget: int,
+    seed: int,
+    round_index: int,
+    pool_csv: str | Path,
+    features_path: str | Path,
+    selected_out: str | Path,
+    scores_out: str | Path,
+    config: dict[str, Any] | None = None,
+) -> None:
+    """ActiveFT with no labels on the pre-trained features of the whole pool: a single shot.
+
+    This is the ActiveFT(pre) baseline (every evaluation point is its own single shot of that
+    many labels, as in the paper, so its labelled sets are not nested) and round 0 of the
+    `activeft` strategy (the official code's ActiveFT(al) starts from raw features, not random).
+    The features are read from the HDF5 file in row chunks, never as one array.
+    """
+    from asvp import features as feature_store
+
+    pool = read_split_table(pool_csv)
+    strategy = strategy_from_config("activeft", config)
+    everything = np.arange(len(pool), dtype=np.int64)
+    with feature_store.open_features(features_path) as handle:
+        state = PoolState(unlabelled=everything, labelled=everything[:0], embeddings=handle["pool/features"])
+        selected, scores = strategy.select(state, budget, round_rng(seed, round_index))
+    losses = getattr(strategy, "last_losses", None)
+    if losses is not None and len(losses):
+        print(f"ActiveFT: {len(losses)} iterations, loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    _write_selection(pool, everything, selected, scores, selected_out, scores_out)
 
 
 def select_initial(pool_csv: str | Path, budget: int, seed: int, out: str | Path) -> None:

@@ -20,9 +20,19 @@ import numpy as np
 import pandas as pd
 
 from asvp.atomic import read_json, write_csv
+from asvp.costs import SINGLE_SHOT_METHODS
 
 ROUND_PATH = re.compile(r"(?P<method>[^/]+)/(?P<strategy>[^/]+)/seed(?P<seed>\d+)/round(?P<round>\d{3})/metrics\.json$")
 FEATURE_METHODS = {"svpp", "asvp", "asvp_features_only", "asvp_training_only", "activeft_pre"}
+
+
+def charges_extraction(method: str, strategy: str, round_index: int) -> bool:
+    """Whether a round pays the pre-trained extraction: round 0 of every method that reads the
+    features (ActiveFT's round 0 does, whatever the method), and every single shot of ActiveFT(pre),
+    each of which a user could run alone."""
+    if method in SINGLE_SHOT_METHODS:
+        return True
+    return round_index == 0 and (method in FEATURE_METHODS or strategy == "activeft")
 
 
 def _benchmark_seconds(path: Path) -> float:
@@ -76,7 +86,7 @@ def collect_rounds(experiment_dir: str | Path, runs: list[tuple[str, str, int]],
             labels = pd.read_csv(labelled_csv, usecols=["label"])["label"].to_numpy()
             key = {"method": method, "strategy": strategy, "seed": seed, "round": r, "n_labelled": len(labels)}
             row = {**key, **stage_seconds(directory)}
-            if r == 0 and method in FEATURE_METHODS:
+            if charges_extraction(method, strategy, r):
                 row["seconds_extract_pretrained"] = extract_seconds
             row.update(_finetune_columns("eval", directory / "metrics.json"))
             row.update(_finetune_columns("refresh", directory / "refresh_finetune.json"))
@@ -130,7 +140,7 @@ def summarize(experiment_dir: str | Path, metrics_files: list[str], out: str | P
         }
         for index, value in enumerate(metrics.get("per_class_accuracy") or []):
             row[f"class_accuracy_{index}"] = value
-        if row["round"] == 0 and row["method"] in FEATURE_METHODS:
+        if charges_extraction(row["method"], row["strategy"], row["round"]):
             row["seconds_extract_pretrained"] = extract_seconds
         row.update(stage_seconds(Path(metrics_file).parent))
         rows.append(row)

@@ -194,4 +194,5 @@ def select_round(
                     outputs["labelled_embeddings"] = embeddings
         else:
             raise ValueError(f"strategy {strategy_name} needs a proxy with features, or a fine-tuned model")
-    apply_strategy(strategy_name, budget, seed, round_index, pool_csv, labelled_csv, selected_out, scores_out, **outputs)
+    apply_strategy(strategy_name, budget, seed, round_index, pool_csv, labelled_csv, selected_out, scores_out, **outputs,
+                   config=config)

@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from asvp.errors import DataError
+from asvp.errors import ConfigError, DataError
 from asvp.strategies.base import PoolState, Strategy, check_budget, register
 
 CHUNK_ROWS = 4096  # rows per read: 4096 x (1000 + 2048) float64 = 100 MB at ImageNet scale
@@ -390,6 +390,56 @@ def _pruned(pool: _Pool, budget: int, rng: np.random.Generator, chunk_rows: int,
     return np.asarray(order, dtype=np.int64)
 
 
+def _gather(array: Any, rows: np.ndarray, chunk_rows: int, projection: np.ndarray | None = None) -> np.ndarray:
+    """array[rows] (ascending) in memory, read chunk by chunk; times `projection` if given."""
+    width = array.shape[1] if projection is None else projection.shape[1]
+    dtype = np.float32 if projection is not None else np.result_type(array.dtype, np.float16)
+    out = np.empty((len(rows), width), dtype=dtype)
+    for k in range(0, len(rows), chunk_rows):
+        block = _read_rows(array, rows[k : k + chunk_rows])
+        out[k : k + len(block)] = block if projection is None else block.astype(np.float32) @ projection
+    return out
+
+
+def kmeanspp_approximate(
+    probabilities: Any,
+    embeddings: Any,
+    budget: int,
+    rng: np.random.Generator,
+    candidates: int | None = None,
+    projection_dim: int | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> np.ndarray:
+    """(budget,) int64 row positions: exact k-means++ (`kmeanspp`) on a cheaper problem.
+
+    The official code's large-pool BADGE draws a random candidate subset (320k) and splits it
+    into 20 parts of budget/20 picks each; here the pruned exact search makes the split
+    unnecessary, so only its two savings remain, each optional:
+      * candidates: a uniform draw of this many rows (from `rng`, before any pick) is the only
+        set picked from: memory and time scale with it instead of U;
+      * projection_dim: the hidden embeddings h are multiplied by a Gaussian matrix
+        (D x k, scaled by 1/sqrt(k), from `rng`), which keeps |g| and the distances of the
+        gradient embeddings to within a few 1/sqrt(k) (Johnson-Lindenstrauss) while the rows read
+        per distance shrink from C + D to C + k.
+    Neither keeps the exact picks; benchmarks/strategies.py measures the overlap with them.
+    """
+    n = len(probabilities)
+    if candidates is not None and not budget <= candidates:
+        raise ConfigError(f"BADGE candidates ({candidates}) must be at least the round budget ({budget})")
+    if projection_dim is not None and projection_dim < 1:
+        raise ConfigError(f"BADGE projection_dim must be >= 1, got {projection_dim}")
+    rows = np.arange(n, dtype=np.int64)
+    if candidates is not None and candidates < n:
+        rows = np.sort(rng.choice(n, size=candidates, replace=False))
+    projection = None
+    if projection_dim is not None:
+        dim = embeddings.shape[1]
+        projection = (rng.standard_normal((dim, projection_dim)) / np.sqrt(projection_dim)).astype(np.float32)
+    p = probabilities if len(rows) == n else _gather(probabilities, rows, chunk_rows)
+    h = embeddings if len(rows) == n and projection is None else _gather(embeddings, rows, chunk_rows, projection)
+    return rows[_pruned(_prepare(p, h, chunk_rows), budget, rng, chunk_rows, None)]
+
+
 @register
 class Badge(Strategy):
     """BADGE: diverse and uncertain samples via k-means++ on gradient embeddings (module doc)."""
@@ -398,9 +448,17 @@ class Badge(Strategy):
     needs = frozenset({"probabilities", "embeddings"})
     chunk_rows: int = CHUNK_ROWS
 
+    def __init__(self, candidates: int | None = None, projection_dim: int | None = None) -> None:
+        """Both None (the default): exact BADGE. Either set: `kmeanspp_approximate`."""
+        self.candidates, self.projection_dim = candidates, projection_dim
+
     def select(self, state: PoolState, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Return (pool indices in pick order, (U,) float64 |g| per unlabelled sample)."""
         check_budget(state, budget)
         pool = _prepare(state.probabilities, state.embeddings, self.chunk_rows, n_rows=len(state.unlabelled))
-        order = _pruned(pool, budget, rng, self.chunk_rows, None)
+        if self.candidates is None and self.projection_dim is None:
+            order = _pruned(pool, budget, rng, self.chunk_rows, None)
+        else:
+            order = kmeanspp_approximate(state.probabilities, state.embeddings, budget, rng, self.candidates,
+                                         self.projection_dim, self.chunk_rows)
         return np.asarray(state.unlabelled, dtype=np.int64)[order], np.sqrt(pool.s)

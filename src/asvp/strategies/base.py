@@ -82,8 +82,12 @@ def register(cls: type[Strategy]) -> type[Strategy]:
     return cls
 
 
-def get_strategy(name: str) -> Strategy:
+def get_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:
+    """The strategy called `name`, built with its `strategy_options.<name>` from the config."""
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy '{name}'; available: {', '.join(sorted(STRATEGIES))}")
-    return STRATEGIES[name]()
+    try:
+        return STRATEGIES[name](**(options or {}))
+    except TypeError as error:
+        raise ConfigError(f"strategy_options.{name}: {error}; see rules/schemas/config.schema.yaml") from None
 
