@@ -17,7 +17,10 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "workflow_config.yaml"
+# Config: no `configfile:` directive (its path would depend on the working directory). Without
+# --configfile the default experiment, workflow_config.yaml beside this Snakefile, is used;
+# with --configfile only those files, merged in order. --config KEY=VALUE goes on top, and the
+# schema fills every key left out (rules/common.smk, README "Configuration").
 
 
 report: "rules/captions/workflow.rst"
@@ -37,6 +40,7 @@ rule all:
     input:
         all_rounds(),
         all_metrics(),
+        f"{RES}/config.yaml",
         f"{RES}/summary.csv",
         rules.report_figures.output,
 

@@ -10,11 +10,24 @@ from asvp.config import validate_config  # noqa: E402
 from asvp.decision import ABLATION_SWITCHES, settings_for_method  # noqa: E402
 from asvp.schedule import cumulative_labels, evaluation_rounds  # noqa: E402
 
-config.update(
-    validate_config(
-        config, source=", ".join(map(str, workflow.overwrite_configfiles or ["workflow_config.yaml"]))
-    )
-)
+# Layers, lowest first: the schema's defaults; workflow_config.yaml beside the Snakefile when no
+# --configfile is given, else each --configfile in order; --config KEY=VALUE (nested keys merge).
+# The same wherever the command runs: nothing depends on the working directory.
+DEFAULT_CONFIGFILE = f"{workflow.basedir}/workflow_config.yaml"
+CONFIG_LAYERS = [str(f) for f in workflow.overwrite_configfiles] or [DEFAULT_CONFIGFILE]
+if not workflow.overwrite_configfiles:
+    from snakemake.utils import update_config
+
+    from asvp.config import read_config_file
+
+    _layered = read_config_file(DEFAULT_CONFIGFILE)
+    update_config(_layered, dict(config))  # config holds only --config here
+    config.clear()
+    config.update(_layered)
+if workflow.config_settings.config:
+    CONFIG_LAYERS.append("--config")
+config.update(validate_config(config, source=" < ".join(CONFIG_LAYERS)))
+print(f"asvp-flow: config = schema defaults < {' < '.join(CONFIG_LAYERS)}", file=sys.stderr)
 
 RES = f"{config['results_dir']}/{config['experiment']}"
 RUN = f"{RES}/{{method}}/{{strategy}}/seed{{seed}}"

@@ -2,6 +2,18 @@
 # figures and tables `snakemake --report report.html` gathers, with the captions in captions/.
 
 
+rule effective_config:
+    output:
+        f"{RES}/config.yaml",
+    params:
+        cfg=shlex.quote(json.dumps(config)),
+        layers=shlex.quote(" < ".join(["schema defaults", *CONFIG_LAYERS])),
+    log:
+        f"{RES}/logs/effective_config.log",
+    shell:
+        "{ASVP} write-config --config-json {params.cfg} --layers {params.layers} --out {output} > {log} 2>&1"
+
+
 rule summarize:
     input:
         metrics=all_metrics(),

@@ -16,6 +16,7 @@ from pathlib import Path
 import h5py
 import pandas as pd
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
@@ -179,6 +180,32 @@ def test_unknown_config_key_stops_before_any_job(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "unknown config key 'proxy_settings'" in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_config_layers_are_the_same_wherever_the_command_runs(tmp_path: Path) -> None:
+    """No --configfile: workflow_config.yaml; with one: only it; --config on top; from any directory."""
+    user = tmp_path / "user.yaml"
+    user.write_text("experiment: layered\nproxy:\n  epochs: 3\n")
+
+    def effective(cwd: Path, workdir: Path, experiment: str, *extra: str) -> str:
+        command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "1",
+                   f"results/{experiment}/config.yaml", *extra]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "asvp-flow: config = schema defaults < " in result.stderr
+        return (workdir / f"results/{experiment}/config.yaml").read_text()
+
+    default = effective(tmp_path, tmp_path / "a", "from_cli", "--config", "experiment=from_cli")
+    settings = yaml.safe_load(default)
+    assert settings["experiment"] == "from_cli" and settings["data"]["pool_subset"] == 10000  # the default, then --config
+    assert f"{REPO / 'workflow_config.yaml'} < --config" in default
+    inside = effective(REPO, tmp_path / "b", "layered", "--configfile", str(user))
+    outside = effective(tmp_path, tmp_path / "c", "layered", "--configfile", str(user))
+    assert inside == outside
+    settings = yaml.safe_load(outside)
+    assert settings["proxy"]["epochs"] == 3 and settings["proxy"]["lr"] == 0.01
+    assert settings["data"]["pool_subset"] is None and settings["seeds"] == [0]  # the schema's, not the default experiment's
+    assert settings["strategy_options"]["activeft"]["iterations"] == 100
 
 
 def test_activeft_pre_plans_one_single_shot_per_evaluation_point(tmp_path: Path) -> None:

@@ -41,6 +41,12 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
 def write_csv(path: str | os.PathLike[str], frame: pd.DataFrame) -> None:
     """Write a DataFrame as CSV (no index) atomically."""
     with atomic_path(path) as tmp:

@@ -72,6 +72,10 @@ def run_torch_free(args: argparse.Namespace) -> bool:
         from asvp.advisor import advise
 
         print(advise(args.experiment, args.label_price, args.gpu_hour_price, args.target_accuracy, args.cpu_to_gpu_factor))
+    elif args.command == "write-config":
+        from asvp.config import write_effective_config
+
+        write_effective_config(_config(args), args.layers, args.out)
     elif args.command == "validate-config":
         from asvp.config import load_config
 
@@ -165,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("validate-config", "validate a config file; print it with defaults filled in")
     p.add_argument("configfile")
+
+    p = add("write-config", "write the effective config of a run (results/<experiment>/config.yaml)", config=True)
+    p.add_argument("--layers", required=True, help="the config layers it was merged from, lowest first")
+    p.add_argument("--out", required=True)
 
     p = add("define-pool", "write pool.csv, test.csv and dataset.json (seeded subsets)", config=True)
     for name in ("--pool", "--test", "--info"):

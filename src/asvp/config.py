@@ -141,8 +141,8 @@ def _check_consistency(config: dict[str, Any], source: str) -> None:
             )
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file and validate it (defaults filled in)."""
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a mapping, not yet validated."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist. Pass an existing file with --configfile.")
@@ -152,4 +152,18 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML ({exc}). Fix the syntax.") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values.")
-    return validate_config(raw, source=str(path))
+    return raw
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file and validate it (defaults filled in)."""
+    return validate_config(read_config_file(path), source=str(path))
+
+
+def write_effective_config(config: Mapping[str, Any], layers: str, out: str | Path) -> None:
+    """The config a run used, every default filled in, as YAML a user can pass back with
+    --configfile to repeat it; the header says which files it was merged from."""
+    from asvp.atomic import write_text
+
+    header = f"# The effective config of this experiment (validated, defaults filled in).\n# Layers, lowest first: {layers}\n"
+    write_text(out, header + yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None))
