@@ -40,12 +40,20 @@ rule all:
     input:
         all_rounds(),
         all_metrics(),
+        all_requests(),
         f"{RES}/config.yaml",
-        f"{RES}/summary.csv",
-        rules.report_figures.output,
+        # With a human oracle the tables wait for the first answered evaluation point.
+        [f"{RES}/summary.csv", rules.report_figures.output] if all_metrics() else [],
 
 
 onsuccess:
     from asvp.report import run_notice
 
     print(run_notice(f"{RES}/summary.csv"), file=sys.stderr)
+    for folder, r in pending_requests():
+        print(
+            f"asvp-flow: waiting for labels: {folder}/round{r:03d}/to_label.csv lists the images to label "
+            f"(to_label.png shows them); write {answers_path(folder, r)} (sample_id,class) or a folder per "
+            "class beside it, then run the same command again.",
+            file=sys.stderr,
+        )

@@ -8,6 +8,7 @@ sys.path.insert(0, f"{workflow.basedir}/src")
 
 from asvp.config import validate_config  # noqa: E402
 from asvp.decision import ABLATION_SWITCHES, settings_for_method  # noqa: E402
+from asvp.oracle import answered, answers_path  # noqa: E402
 from asvp.schedule import cumulative_labels, evaluation_rounds  # noqa: E402
 
 # Layers, lowest first: the schema's defaults; workflow_config.yaml beside the Snakefile when no
@@ -138,22 +139,59 @@ def runs():
                 yield method, strategy, seed
 
 
+HUMAN_ORACLE = config["oracle"] == "human"
+
+
+def run_dir(method, strategy, seed):
+    return f"{RES}/{method}/{strategy}/seed{seed}"
+
+
+def labelled_rounds(method, strategy, seed):
+    """Rounds whose labels can be had now: every round with the simulated oracle; with people,
+    the rounds in order up to the first one whose answers are not there yet."""
+    rounds = list(rounds_of(method))
+    if not HUMAN_ORACLE:
+        return rounds
+    for k, r in enumerate(rounds):
+        if answered(run_dir(method, strategy, seed), r) is None:
+            return rounds[:k]
+    return rounds
+
+
+def pending_requests():
+    """(run folder, round) of every run waiting for a person's answers."""
+    waiting = []
+    for method, strategy, seed in runs():
+        done = labelled_rounds(method, strategy, seed)
+        remaining = [r for r in rounds_of(method) if r not in done]
+        if remaining:
+            waiting.append((run_dir(method, strategy, seed), remaining[0]))
+    return waiting
+
+
+def all_requests():
+    """to_label.csv and its contact sheet of every round waiting for a person (human oracle)."""
+    return [f"{folder}/round{r:03d}/{name}" for folder, r in pending_requests() for name in ("to_label.csv", "to_label.png")]
+
+
 def all_metrics():
-    """metrics.json of every evaluation point (the curves' points)."""
+    """metrics.json of every evaluation point whose labels exist (the curves' points)."""
     return [
-        f"{RES}/{method}/{strategy}/seed{seed}/round{r:03d}/metrics.json"
+        f"{run_dir(method, strategy, seed)}/round{r:03d}/metrics.json"
         for r in EVAL_ROUNDS
         for method, strategy, seed in runs()
+        if r in labelled_rounds(method, strategy, seed)
     ]
 
 
 def all_rounds():
     """A cheap artefact of every round in ascending order: keeps DAG recursion shallow for long runs."""
+    labelled = {run: set(labelled_rounds(*run)) for run in runs()}
     return [
-        f"{RES}/{method}/{strategy}/seed{seed}/round{r:03d}/{name}"
+        f"{run_dir(method, strategy, seed)}/round{r:03d}/{name}"
         for r in range(N_ROUNDS)
         for method, strategy, seed in runs()
-        if r in rounds_of(method)
+        if r in labelled[(method, strategy, seed)]
         for name in (["labelled.csv"] + (["decision.json"] if method in ASVP_METHODS else []))
     ]
 
@@ -234,7 +272,34 @@ def proxy_features(wildcards, r):
 
 # rules/select.smk
 def label_inputs(wildcards):
-    inputs = {"selected": round_file(wildcards, "selected.csv"), "pool": rules.define_pool.output.pool}
+    inputs = {
+        "selected": round_file(wildcards, "selected.csv"),
+        "pool": rules.define_pool.output.pool,
+        "dataset": rules.define_pool.output.info,
+    }
     if int(wildcards.r) > 0 and wildcards.method not in SINGLE_SHOT_METHODS:
         inputs["previous"] = round_file(wildcards, "labelled.csv", prev_round(wildcards))
+    if HUMAN_ORACLE:
+        folder = run_dir(wildcards.method, wildcards.strategy, wildcards.seed)
+        inputs["request"] = round_file(wildcards, "to_label.csv")
+        inputs["answers"] = str(answered(folder, int(wildcards.r)) or answers_path(folder, int(wildcards.r)))
+    return inputs
+
+
+# rules/select.smk
+def label_flags(wildcards, input):
+    flags = f"--previous {input.previous}" if "previous" in input.keys() else ""
+    if "answers" in input.keys():
+        flags += f" --answers {shlex.quote(input.answers)} --request {input.request}"
+    return flags
+
+
+# rules/select.smk
+def request_inputs(wildcards):
+    """The selection to show, and the proxy that made it (its predicted class is the hint)."""
+    inputs = {"selected": round_file(wildcards, "selected.csv"), "pool": rules.define_pool.output.pool,
+              "dataset": rules.define_pool.output.info}
+    if wildcards.method in PROXY_METHODS and int(wildcards.r) > 0:
+        inputs["weights"] = round_file(wildcards, "proxy.npz")
+        inputs["features"] = proxy_features(wildcards, prev_round(wildcards))
     return inputs

@@ -133,18 +133,36 @@ rule select_random:
         "--selected-out {output.selected} --scores-out {output.scores} > {log} 2>&1"
 
 
+rule request_labels:
+    # Human oracle only: what a person must label this round; the run stops here until answered.
+    input:
+        unpack(request_inputs),
+    output:
+        request=f"{ROUND}/to_label.csv",
+        sheet=f"{ROUND}/to_label.png",
+    params:
+        cfg=cfg_json("data"),
+        proxy=lambda w, input: f"--proxy-weights {input.weights} --features {input.features}" if "weights" in input.keys() else "",
+    priority: SELECTION_PRIORITY
+    log:
+        f"{ROUND}/logs/request_labels.log",
+    shell:
+        "{ASVP} request-labels --config-json {params.cfg} --selected {input.selected} --pool {input.pool} "
+        "--dataset-json {input.dataset} {params.proxy} --out {output.request} --sheet {output.sheet} > {log} 2>&1"
+
+
 rule label:
     input:
         unpack(label_inputs),
     output:
         f"{ROUND}/labelled.csv",
     params:
-        previous=lambda w, input: f"--previous {input.previous}" if "previous" in input.keys() else "",
+        flags=label_flags,
     priority: SELECTION_PRIORITY
     log:
         f"{ROUND}/logs/label.log",
     benchmark:
         f"{ROUND}/benchmarks/label.tsv"
     shell:
-        "{ASVP} label --selected {input.selected} --pool {input.pool} {params.previous} "
+        "{ASVP} label --selected {input.selected} --pool {input.pool} --dataset-json {input.dataset} {params.flags} "
         "--round {wildcards.r} --out {output} > {log} 2>&1"

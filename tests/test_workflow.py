@@ -325,3 +325,57 @@ def test_every_strategy_runs_through_a_tiny_proxy_run(tmp_path: Path, real_fashi
     point = summary[summary["method"] == "activeft_pre"]
     assert list(point["n_labelled"]) == [40] and list(point["train_method"]) == ["ft"]
     assert point["accuracy"].iloc[0] > 0.2  # 10 classes: well above chance after FT on 40 labels
+
+
+def test_human_oracle_round_trip(tmp_path: Path, real_fashion_mnist: Path, default_weights: Path) -> None:
+    """Select, stop cleanly, a bad answer file refused, answers by CSV then by folders, finish."""
+    override = tmp_path / "human.yaml"
+    override.write_text("oracle: human\nmethods: [svpp]\nschedule:\n  budgets: [20, 20]\nevaluation:\n  at: [40]\n")
+    run = tmp_path / "results/tiny/svpp/margin/seed0"
+    first = snakemake(tmp_path, configfiles=(TINY, override))
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert "write results/tiny/svpp/margin/seed0/labels/round000.csv" in first.stderr
+    request = pd.read_csv(run / "round000/to_label.csv", dtype={"sample_id": str})
+    assert len(request) == 20 and (run / "round000/to_label.png").stat().st_size > 0
+    assert all(Path(p).exists() for p in request["image_path"])
+    assert not (run / "round000/labelled.csv").exists() and not (tmp_path / "results/tiny/summary.csv").exists()
+
+    pool = pd.read_csv(tmp_path / "results/tiny/data/pool.csv", dtype={"sample_id": str})
+    classes = json.loads((tmp_path / "results/tiny/data/dataset.json").read_text())["classes"]
+    truth = dict(zip(pool["sample_id"], pool["label"]))
+    answers = run / "labels/round000.csv"
+    answers.parent.mkdir()
+    rows = [f'{s},"{classes[truth[s]]}"' for s in request["sample_id"]]
+    answers.write_text("sample_id;class\n" + "\n".join(r.replace(",", ";", 1) for r in rows) + "\n")  # a spreadsheet's export
+    refused = snakemake(tmp_path, configfiles=(TINY, override))
+    assert refused.returncode != 0
+    assert "round000.csv, line 1: the header 'sample_id;class' uses ';' between columns" in refused.stderr + refused.stdout
+    assert not (run / "round000/labelled.csv").exists()
+
+    answers.write_text("sample_id,class\n" + "\n".join(rows) + "\n")
+    second = snakemake(tmp_path, configfiles=(TINY, override))
+    assert second.returncode == 0, second.stderr[-4000:]
+    labelled = pd.read_csv(run / "round000/labelled.csv", dtype={"sample_id": str})
+    assert labelled["label"].tolist() == [truth[s] for s in labelled["sample_id"]]
+    assert labelled["class_name"].tolist() == [classes[truth[s]] for s in labelled["sample_id"]]
+    request = pd.read_csv(run / "round001/to_label.csv", dtype={"sample_id": str}, keep_default_na=False)
+    assert len(request) == 20 and set(request["predicted_class"]) <= set(classes)  # the proxy's hint
+    assert "write results/tiny/svpp/margin/seed0/labels/round001.csv" in second.stderr
+
+    for sample_id, image in zip(request["sample_id"], request["image_path"]):  # answers as a folder per class
+        name = classes[truth[sample_id]].replace("/", "_")  # "T-shirt/top" -> folder T-shirt_top
+        folder = run / "labels/round001" / (name if name != "Trouser" else "Trousers")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / Path(image).name).symlink_to(image)
+    if (run / "labels/round001/Trousers").exists():
+        refused = snakemake(tmp_path, configfiles=(TINY, override))
+        assert refused.returncode != 0
+        assert "unknown class 'Trousers'; did you mean 'Trouser'?" in refused.stderr + refused.stdout
+        (run / "labels/round001/Trousers").rename(run / "labels/round001/Trouser")
+    third = snakemake(tmp_path, configfiles=(TINY, override))
+    assert third.returncode == 0, third.stderr[-4000:]
+    assert "waiting for labels" not in third.stderr
+    labelled = pd.read_csv(run / "round001/labelled.csv", dtype={"sample_id": str})
+    assert len(labelled) == 40 and labelled["label"].tolist() == [truth[s] for s in labelled["sample_id"]]
+    summary = pd.read_csv(tmp_path / "results/tiny/summary.csv")
+    assert summary["n_labelled"].tolist() == [40]

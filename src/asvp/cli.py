@@ -43,7 +43,18 @@ def run_torch_free(args: argparse.Namespace) -> bool:
         if args.command == "select-initial":
             queries.select_initial(args.pool, args.budget, args.seed, args.out)
         else:
-            queries.label_round(args.selected, args.pool, args.previous, args.round, args.out)
+            classes = None
+            if args.dataset_json:
+                from asvp.atomic import read_json
+
+                classes = read_json(args.dataset_json)["classes"]
+            queries.label_round(args.selected, args.pool, args.previous, args.round, args.out, classes, args.answers,
+                                args.request)
+    elif args.command == "request-labels":
+        from asvp import queries
+
+        queries.request_labels(args.selected, args.pool, args.dataset_json, _config(args)["data"], args.out,
+                               args.sheet, args.proxy_weights, args.features)
     elif args.command == "select" and not _needs_model(args.strategy):
         from asvp import queries
 
@@ -215,11 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("--pool", "--features", "--selected-out", "--scores-out"):
         p.add_argument(name, required=True)
 
-    p = add("label", "simulated oracle: label the selection and append it to the labelled set")
+    p = add("label", "the oracle: label the selection (simulated, or a person's answers) and append it to the labelled set")
     for name in ("--selected", "--pool", "--out"):
         p.add_argument(name, required=True)
+    p.add_argument("--dataset-json", help="dataset.json: adds class names to labelled.csv")
+    p.add_argument("--answers", help="a person's answers: labels/roundNNN.csv or a folder per class (human oracle)")
+    p.add_argument("--request", help="the round's to_label.csv the answers refer to (human oracle)")
     p.add_argument("--previous", help="labelled set of the previous round (absent in round 0)")
     p.add_argument("--round", type=int, required=True)
+
+    p = add("request-labels", "human oracle: write to_label.csv and a contact sheet of the round's selection",
+            config=True)
+    for name in ("--selected", "--pool", "--dataset-json", "--out", "--sheet"):
+        p.add_argument(name, required=True)
+    p.add_argument("--proxy-weights", help="the round's proxy.npz: its predicted class is the hint")
+    p.add_argument("--features", help="the features the proxy read")
 
 
     p = add("decide", "ASVP: PED + LogME decision whether to refresh the features", config=True)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from asvp.atomic import write_csv, write_npy
-from asvp.errors import ConfigError
+from asvp.errors import ConfigError, DataError
 from asvp.pool import label_selection, read_labelled, read_selected, read_split_table, unlabelled_indices, write_selected
 from asvp.strategies import PoolState, get_strategy
 from asvp.strategies.base import Strategy, check_budget, top_scores
@@ -169,11 +169,76 @@ def select_initial(pool_csv: str | Path, budget: int, seed: int, out: str | Path
     write_selected(out, pool, selected, np.full(budget, np.nan))
 
 
-def label_round(
-    selected_csv: str | Path, pool_csv: str | Path, previous_csv: str | Path | None, round_index: int, out: str | Path
+def request_labels(
+    selected_csv: str | Path,
+    pool_csv: str | Path,
+    dataset_json: str | Path,
+    data_config: dict[str, Any],
+    out_csv: str | Path,
+    sheet_png: str | Path,
+    weights_path: str | Path | None = None,
+    features_path: str | Path | None = None,
 ) -> None:
-    """Ask the (simulated) oracle for the selected images' labels; append them to the labelled set."""
+    """Human oracle: write to_label.csv and its contact sheet for the round's selection; the
+    proxy's predicted class is the hint when the round selected with a proxy (torch-free)."""
+    from asvp.atomic import read_json
+    from asvp.data.sources import open_source
+    from asvp.oracle import answers_path, write_request
+
+    pool = read_split_table(pool_csv)
+    selected = read_selected(selected_csv, len(pool))
+    classes = read_json(dataset_json)["classes"]
+    predicted = None
+    if weights_path is not None and features_path is not None:
+        from asvp import features as feature_store
+        from asvp.proxy_scoring import load_weights, proxy_chunks
+
+        rows = selected["pool_index"].to_numpy(np.int64)
+        predicted = np.empty(len(rows), dtype=np.int64)
+        with feature_store.open_features(features_path) as handle:
+            for start, probabilities, _ in proxy_chunks(load_weights(weights_path), handle["pool/features"], rows, 16384):
+                predicted[start : start + len(probabilities)] = probabilities.argmax(axis=1)
+    source = open_source(data_config["dataset"], data_config["root"], "train")
+    write_request(selected, pool, source, classes, predicted, out_csv, sheet_png)
+    run_dir = Path(out_csv).parent.parent
+    round_index = int(Path(out_csv).parent.name.removeprefix("round"))
+    print(f"{len(selected)} images to label: {out_csv} lists them, {sheet_png} shows them. "
+          f"Write {answers_path(run_dir, round_index)} (sample_id,class) and rerun.")
+
+
+def label_round(
+    selected_csv: str | Path,
+    pool_csv: str | Path,
+    previous_csv: str | Path | None,
+    round_index: int,
+    out: str | Path,
+    classes: list[str] | None = None,
+    answers: str | Path | None = None,
+    request_csv: str | Path | None = None,
+) -> None:
+    """Ask the oracle for the selected images' labels; append them to the labelled set.
+
+    Without `answers` the oracle is simulated from the dataset's labels (pool.csv); with them,
+    a person's answers (asvp.oracle) are validated against `request_csv` (to_label.csv) in full
+    before anything is written. `classes` adds each label's class name to labelled.csv.
+    """
     pool = read_split_table(pool_csv)
     selected = read_selected(selected_csv, len(pool))
     previous = read_labelled(previous_csv, len(pool)) if previous_csv else None
-    write_csv(out, label_selection(selected, pool, previous, round_index))
+    if answers is not None:
+        from asvp.oracle import read_answers, read_request
+
+        if classes is None or request_csv is None:
+            raise ValueError("a person's answers need the class names and the round's to_label.csv")
+        request = read_request(request_csv)
+        if request["pool_index"].tolist() != selected["pool_index"].tolist():
+            raise DataError(f"{request_csv} does not list this round's selection ({selected_csv}); delete it and rerun "
+                            "to write it again")
+        pool = pool.copy()
+        truth = pool["label"].to_numpy(np.int64).copy()
+        truth[selected["pool_index"].to_numpy(np.int64)] = read_answers(answers, request, classes)
+        pool["label"] = truth
+    labelled = label_selection(selected, pool, previous, round_index)
+    if classes is not None:
+        labelled["class_name"] = np.asarray(classes, dtype=object)[labelled["label"].to_numpy(np.int64)]
+    write_csv(out, labelled)
