@@ -51,6 +51,11 @@ ASVP = (
     else f"{shlex.quote(sys.executable)} -m asvp"
 )
 
+# Every shell command pipes its output through this: the step's log, plus <log>.attempts, which
+# keeps the output of every attempt (Snakemake empties the log before a rerun, so the output of a
+# killed attempt would otherwise be lost).
+KEEP_LOG = shlex.quote(f"{workflow.basedir}/scripts/keep_log")
+
 # Fine-tunes and proxy steps run two side by side: on the 2-core default two 1-thread jobs train 17 % more
 # images per second than one 2-thread job (219 vs 187 img/s, MobileNetV2 at 32 px, measured here).
 try:

@@ -23,7 +23,7 @@ rule decide:
     shell:
         "{ASVP} --threads {threads} decide --config-json {params.cfg} --features {input.features} "
         "--labelled {input.labelled} {params.previous} --seed {wildcards.seed} --round {wildcards.r} "
-        "--out {output} > {log} 2>&1"
+        "--out {output} 2>&1 | {KEEP_LOG} {log}"
 
 
 rule refresh_features:
@@ -54,4 +54,4 @@ rule refresh_features:
         "{ASVP} --threads {threads} refresh-features --config-json {params.cfg} --decision {input.decision} "
         "--pool {input.pool} --test {input.test} --labelled {input.labelled} "
         "--previous-features {input.previous} --seed {wildcards.seed} --round {wildcards.r} "
-        "--cache-dir {params.cache} --out {output} > {log} 2>&1"
+        "--cache-dir {params.cache} --out {output} 2>&1 | {KEEP_LOG} {log}"

@@ -28,7 +28,7 @@ rule evaluate:
     shell:
         "{ASVP} --threads {threads} evaluate --config-json {params.cfg} --recipe {params.recipe} "
         "{params.decision} --pool {input.pool} --labelled {input.labelled} --test {input.test} "
-        "--seed {wildcards.seed} --round {wildcards.r} --cache-dir {params.cache} {params.share} --out {output.metrics} > {log} 2>&1"
+        "--seed {wildcards.seed} --round {wildcards.r} --cache-dir {params.cache} {params.share} --out {output.metrics} 2>&1 | {KEEP_LOG} {log}"
 
 
 rule finetune_standard:
@@ -58,4 +58,4 @@ rule finetune_standard:
         "{ASVP} --threads {threads} evaluate --config-json {params.cfg} --recipe {params.recipe} "
         "--pool {input.pool} --labelled {input.labelled} --test {input.test} --seed {wildcards.seed} "
         "--round {wildcards.r} --cache-dir {params.cache} {params.share} --model-out {output.model} "
-        "--out {output.metrics} > {log} 2>&1"
+        "--out {output.metrics} 2>&1 | {KEEP_LOG} {log}"

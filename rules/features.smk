@@ -14,7 +14,7 @@ rule define_pool:
         f"{RES}/data/benchmarks/define_pool.tsv"
     shell:
         "{ASVP} define-pool --config-json {params.cfg} --pool {output.pool} --test {output.test} "
-        "--info {output.info} > {log} 2>&1"
+        "--info {output.info} 2>&1 | {KEEP_LOG} {log}"
 
 
 rule extract_pretrained:
@@ -37,4 +37,4 @@ rule extract_pretrained:
         f"{RES}/features/benchmarks/extract_pretrained.tsv"
     shell:
         "{ASVP} --threads {threads} extract --config-json {params.cfg} --pool {input.pool} "
-        "--test {input.test} --out {output} > {log} 2>&1"
+        "--test {input.test} --out {output} 2>&1 | {KEEP_LOG} {log}"

@@ -12,7 +12,8 @@ rule train_proxy:
         proxy=f"{ROUND}/proxy.pt",
         weights=f"{ROUND}/proxy.npz",  # the same weights as arrays: the scoring job needs no torch
     params:
-        cfg=cfg_json("proxy"),
+        # data and backbone: the features file's attributes are checked against them.
+        cfg=cfg_json("proxy", "data", "backbone"),
     threads: JOB_THREADS
     priority: SELECTION_PRIORITY
     log:
@@ -22,4 +23,4 @@ rule train_proxy:
     shell:
         "{ASVP} --threads {threads} train-proxy --config-json {params.cfg} --features {input.features} "
         "--labelled {input.labelled} --seed {wildcards.seed} --round {wildcards.r} --out {output.proxy} "
-        "--weights-out {output.weights} > {log} 2>&1"
+        "--weights-out {output.weights} 2>&1 | {KEEP_LOG} {log}"

@@ -11,7 +11,7 @@ rule effective_config:
     log:
         f"{RES}/logs/effective_config.log",
     shell:
-        "{ASVP} write-config --config-json {params.cfg} --layers {params.layers} --out {output} > {log} 2>&1"
+        "{ASVP} write-config --config-json {params.cfg} --layers {params.layers} --out {output} 2>&1 | {KEEP_LOG} {log}"
 
 
 rule summarize:
@@ -31,7 +31,7 @@ rule summarize:
     shell:
         "{ASVP} summarize --experiment-dir {RES} --metrics {input.metrics} --out {output.summary} "
         "--rounds {params.n_rounds} --dataset-json {input.dataset} --rounds-out {output.rounds} "
-        "--decisions-out {output.decisions} --class-counts-out {output.class_counts} > {log} 2>&1"
+        "--decisions-out {output.decisions} --class-counts-out {output.class_counts} 2>&1 | {KEEP_LOG} {log}"
 
 
 REPORT = f"{RES}/report"
@@ -60,4 +60,4 @@ rule report_figures:
     log:
         f"{RES}/logs/report_figures.log",
     shell:
-        "{ASVP} report --config-json {params.cfg} --experiment-dir {RES} --out-dir {REPORT} > {log} 2>&1"
+        "{ASVP} report --config-json {params.cfg} --experiment-dir {RES} --out-dir {REPORT} 2>&1 | {KEEP_LOG} {log}"

@@ -24,7 +24,7 @@ rule select_initial:
         f"{RUN}/round000/benchmarks/select_initial.tsv"
     shell:
         "{ASVP} select-initial --pool {input.pool} --budget {params.budget} --seed {wildcards.seed} "
-        "--out {output} > {log} 2>&1"
+        "--out {output} 2>&1 | {KEEP_LOG} {log}"
 
 
 rule select_pretrained:
@@ -50,7 +50,7 @@ rule select_pretrained:
     shell:
         "{ASVP} --threads {threads} select-single-shot --budget {params.budget} --seed {wildcards.seed} "
         "--round {wildcards.r} --pool {input.pool} --features {input.features} --config-json {params.cfg} "
-        "--selected-out {output.selected} --scores-out {output.scores} > {log} 2>&1"
+        "--selected-out {output.selected} --scores-out {output.scores} 2>&1 | {KEEP_LOG} {log}"
 
 
 rule select_proxy:
@@ -78,7 +78,7 @@ rule select_proxy:
         "{ASVP} --threads {threads} select --strategy {wildcards.strategy} --budget {params.budget} "
         "--seed {wildcards.seed} --round {wildcards.r} --pool {input.pool} --labelled {input.labelled} "
         "--features {input.features} --proxy-weights {input.weights} --config-json {params.cfg} "
-        "--selected-out {output.selected} --scores-out {output.scores} > {log} 2>&1"
+        "--selected-out {output.selected} --scores-out {output.scores} 2>&1 | {KEEP_LOG} {log}"
 
 
 rule select_standard:
@@ -107,7 +107,7 @@ rule select_standard:
         "{ASVP} --threads {threads} select --strategy {wildcards.strategy} --budget {params.budget} "
         "--seed {wildcards.seed} --round {wildcards.r} --pool {input.pool} --labelled {input.labelled} "
         "--model {input.model} --config-json {params.cfg} "
-        "--selected-out {output.selected} --scores-out {output.scores} > {log} 2>&1"
+        "--selected-out {output.selected} --scores-out {output.scores} 2>&1 | {KEEP_LOG} {log}"
 
 
 rule select_random:
@@ -130,7 +130,7 @@ rule select_random:
     shell:
         "{ASVP} select --strategy random --budget {params.budget} --seed {wildcards.seed} "
         "--round {wildcards.r} --pool {input.pool} --labelled {input.labelled} "
-        "--selected-out {output.selected} --scores-out {output.scores} > {log} 2>&1"
+        "--selected-out {output.selected} --scores-out {output.scores} 2>&1 | {KEEP_LOG} {log}"
 
 
 rule request_labels:
@@ -148,7 +148,7 @@ rule request_labels:
         f"{ROUND}/logs/request_labels.log",
     shell:
         "{ASVP} request-labels --config-json {params.cfg} --selected {input.selected} --pool {input.pool} "
-        "--dataset-json {input.dataset} {params.proxy} --out {output.request} --sheet {output.sheet} > {log} 2>&1"
+        "--dataset-json {input.dataset} {params.proxy} --out {output.request} --sheet {output.sheet} 2>&1 | {KEEP_LOG} {log}"
 
 
 rule label:
@@ -165,4 +165,4 @@ rule label:
         f"{ROUND}/benchmarks/label.tsv"
     shell:
         "{ASVP} label --selected {input.selected} --pool {input.pool} --dataset-json {input.dataset} {params.flags} "
-        "--round {wildcards.r} --out {output} > {log} 2>&1"
+        "--round {wildcards.r} --out {output} 2>&1 | {KEEP_LOG} {log}"

@@ -273,3 +273,27 @@ def test_one_data_loader_per_split_not_one_per_chunk(tmp_path: Path, monkeypatch
     monkeypatch.setattr(asvp.extraction, "DataLoader", counting_loader)
     _extract(CountingBackbone(), tmp_path / "features.h5")  # pool: 3 chunks, test: 1
     assert len(built) == 2
+
+
+def test_a_features_file_of_another_pool_is_refused_naming_the_row_and_the_fix(reference: Path) -> None:
+    from asvp.features import check_sample_ids
+
+    with open_features(reference) as handle:
+        check_sample_ids(handle, np.arange(POOL_ROWS), [f"pool{i}" for i in range(POOL_ROWS)], "pool.csv")
+        check_sample_ids(handle, np.array([9, 2, 5]), ["pool9", "pool2", "pool5"], "labelled.csv")
+        with pytest.raises(DataError, match=r"made for another pool: pool row 2 is 'pool2' there but 'other2' in labelled.csv "
+                                            r"\(1 of 3 rows differ\). Delete .* and rerun"):
+            check_sample_ids(handle, np.array([9, 2, 5]), ["pool9", "other2", "pool5"], "labelled.csv")
+        with pytest.raises(DataError, match=rf"holds {POOL_ROWS} pool rows but pool.csv refers to row {POOL_ROWS}"):
+            check_sample_ids(handle, np.arange(POOL_ROWS + 1), [f"pool{i}" for i in range(POOL_ROWS + 1)], "pool.csv")
+
+
+def test_a_features_file_of_another_backbone_or_resolution_is_refused(reference: Path) -> None:
+    from asvp.features import check_identity
+
+    attrs = read_attrs(reference)
+    with open_features(reference) as handle:
+        check_identity(handle, {"backbone": attrs["backbone"], "resolution": attrs["resolution"]})
+        with pytest.raises(DataError, match=r"extracted with resolution '?4'?, but the config has data.resolution 224\. "
+                                            r"Delete .* and rerun to extract it again"):
+            check_identity(handle, {"backbone": attrs["backbone"], "resolution": 224})

@@ -10,6 +10,7 @@ torch (tests/test_cheap_jobs.py). User errors print one line and exit with statu
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -133,8 +134,10 @@ def run_command(args: argparse.Namespace) -> None:
     elif args.command == "extract":
         rounds.extract(_config(args), args.pool, args.test, args.out, model_path=args.model)
     elif args.command == "train-proxy":
-        rounds.train_proxy_round(args.features, args.labelled, _config(args)["proxy"], args.seed, args.round, args.out,
-                                 args.weights_out)
+        config = _config(args)
+        expected = rounds.features_identity(config) if "backbone" in config and "data" in config else None
+        rounds.train_proxy_round(args.features, args.labelled, config["proxy"], args.seed, args.round, args.out,
+                                 args.weights_out, expected)
     elif args.command == "select":
         rounds.select_round(
             args.strategy, args.budget, args.seed, args.round, args.pool, args.labelled, args.selected_out,
@@ -307,6 +310,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_command(args)
     except AsvpError as exc:
         print(f"asvp {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Every writer renames a finished temporary file, so nothing half-written is left under a
+        # final name; extraction and fine-tuning keep their partial file / checkpoint to resume.
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        print(f"asvp {args.command}: error: the disk is full{where} ({exc.strerror}). Free space there (or point "
+              "results_dir elsewhere) and rerun the same command: finished steps are kept, extraction and fine-tuning "
+              "resume from their last chunk or checkpoint.", file=sys.stderr)
         return 2
     return 0
 

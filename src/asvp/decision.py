@@ -144,8 +144,9 @@ def decide(
     """File-level wrapper: read features and labels, decide, write decision.json atomically."""
     with feature_store.open_features(features_path) as handle:
         pool_size = handle["pool/labels"].shape[0]
-    labelled = read_labelled(labelled_csv, pool_size)
-    rows = labelled["pool_index"].to_numpy()
+        labelled = read_labelled(labelled_csv, pool_size)
+        rows = labelled["pool_index"].to_numpy()
+        feature_store.check_sample_ids(handle, rows, labelled["sample_id"].tolist(), labelled_csv)
     x, _ = feature_store.load_rows(features_path, "pool", rows)
     unlabelled = unlabelled_indices(pool_size, labelled)
     cap = settings["ped"]["reference_rows"]

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from asvp import features as store
+from asvp.crash import crash_point
 from asvp.errors import DataError
 from asvp.precision import inference_autocast
 
@@ -85,8 +86,11 @@ def extract_features(
     chunk_rows: int = 4096,
     num_workers: int = 0,
     device: torch.device | str = "cpu",
+    crash_name: str = "extract_chunk",
 ) -> None:
-    """Write features of every split to `out` (HDF5), resumably and atomically."""
+    """Write features of every split to `out` (HDF5), resumably and atomically.
+
+    crash_name: the crash point passed after each chunk (asvp.crash; tests only)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
@@ -117,6 +121,7 @@ def extract_features(
                         "check the checkpoint (backbone.checkpoint) and the input images"
                     )
                 store.write_rows(handle, group, start, block)
+                crash_point(crash_name)
                 progress.update(stop - start)
             progress.close()
         store.mark_complete(handle, attrs, dtype, feature_dim)

@@ -108,6 +108,50 @@ def write_features(
     os.replace(partial, out)
 
 
+def check_sample_ids(handle: h5py.File, rows: np.ndarray, sample_ids: Sequence[str], source: str | Path) -> None:
+    """Refuse a features file made for another pool: its sample ids at `rows` must be `sample_ids`
+    (from pool.csv or labelled.csv, `source`). A stale or copied file would otherwise give
+    every row the wrong image's features without any error."""
+    rows = np.asarray(rows, dtype=np.int64)
+    path = handle.filename
+    stored = handle["pool/sample_ids"]
+    if len(rows) and int(rows.max()) >= len(stored):
+        raise DataError(f"features file {path} holds {len(stored)} pool rows but {source} refers to row {int(rows.max())}: "
+                        f"it was made for another pool. Delete {path} and rerun to extract this pool's features.")
+    found = np.empty(len(rows), dtype=object)
+    contiguous = len(rows) > 0 and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows)))
+    order = np.arange(len(rows)) if contiguous else np.argsort(rows, kind="stable")
+    for start in range(0, len(rows), 1 << 18):
+        part = order[start : start + (1 << 18)]
+        values = stored[int(rows[part[0]]) : int(rows[part[-1]]) + 1] if contiguous else stored[rows[part]]
+        found[part] = [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+    expected = np.asarray(sample_ids, dtype=object)
+    bad = np.flatnonzero(found != expected)
+    if len(bad):
+        k = int(bad[0])
+        raise DataError(f"features file {path} was made for another pool: pool row {int(rows[k])} is {found[k]!r} there "
+                        f"but {expected[k]!r} in {source} ({len(bad)} of {len(rows)} rows differ). Delete {path} and rerun "
+                        "to extract this pool's features.")
+
+
+IDENTITY_ATTRS = ("backbone", "dataset", "resolution")  # what a features file must agree with the config on
+
+
+def check_identity(handle: h5py.File, expected: Mapping[str, Any]) -> None:
+    """Refuse a features file whose backbone, dataset or resolution is not the config's (a file
+    copied in, or kept by `--rerun-triggers mtime` after the config changed)."""
+    for key in IDENTITY_ATTRS:
+        if key not in expected or key not in handle.attrs:
+            continue
+        found = handle.attrs[key]
+        found = found.decode() if isinstance(found, bytes) else found.item() if isinstance(found, np.generic) else found
+        if str(found) != str(expected[key]):
+            config_key = {"backbone": "backbone.arch", "dataset": "data.dataset", "resolution": "data.resolution"}[key]
+            raise DataError(f"features file {handle.filename} was extracted with {key} {found!r}, but the config has "
+                            f"{config_key} {expected[key]!r}. Delete {handle.filename} and rerun to extract it again "
+                            f"(or set {config_key} back).")
+
+
 def read_attrs(path: str | Path) -> dict[str, Any]:
     with open_features(path) as handle:
         return dict(handle.attrs)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from asvp.atomic import write_csv, write_npy
+from asvp.crash import crash_point
 from asvp.errors import ConfigError, DataError
 from asvp.pool import label_selection, read_labelled, read_selected, read_split_table, unlabelled_indices, write_selected
 from asvp.strategies import PoolState, get_strategy
@@ -108,6 +109,7 @@ def select_with_proxy(
     rng = round_rng(seed, round_index)
     check_budget(PoolState(unlabelled=unlabelled, labelled=labelled_rows), budget)
     with feature_store.open_features(features_path) as handle:
+        feature_store.check_sample_ids(handle, np.arange(len(pool)), pool["sample_id"].tolist(), pool_csv)
         pool_features = handle["pool/features"]
         if strategy.rowwise:
             scores = np.empty(len(unlabelled), dtype=np.float64)
@@ -152,6 +154,7 @@ def select_on_pretrained_features(
     strategy = strategy_from_config("activeft", config)
     everything = np.arange(len(pool), dtype=np.int64)
     with feature_store.open_features(features_path) as handle:
+        feature_store.check_sample_ids(handle, everything, pool["sample_id"].tolist(), pool_csv)
         state = PoolState(unlabelled=everything, labelled=everything[:0], embeddings=handle["pool/features"])
         selected, scores = strategy.select(state, budget, round_rng(seed, round_index))
     losses = getattr(strategy, "last_losses", None)
@@ -242,3 +245,4 @@ def label_round(
     if classes is not None:
         labelled["class_name"] = np.asarray(classes, dtype=object)[labelled["label"].to_numpy(np.int64)]
     write_csv(out, labelled)
+    crash_point("labelled")

@@ -115,21 +115,32 @@ def extract(
         chunk_rows=config["features"]["chunk_rows"],
         num_workers=data["num_workers"],
         device=resolve_device(config["device"]),
+        crash_name="extract_chunk" if model_path is None else "refresh_chunk",
     )
 
 
 # --------------------------------------------------------------------------- selection
+def features_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """What a features file's attributes must say for this config (features.check_identity)."""
+    return {"backbone": config["backbone"]["arch"], "dataset": config["data"]["dataset"],
+            "resolution": config["data"]["resolution"]}
+
+
 def train_proxy_round(
     features_path: str | Path, labelled_csv: str | Path, proxy_config: dict[str, Any], seed: int, round_index: int,
-    out: str | Path, weights_out: str | Path | None = None,
+    out: str | Path, weights_out: str | Path | None = None, expected: dict[str, Any] | None = None,
 ) -> None:
-    """Train a fresh MLP proxy on the labelled samples' features (and its weights as arrays)."""
+    """Train a fresh MLP proxy on the labelled samples' features (and its weights as arrays).
+
+    expected: the features identity the config implies (`features_identity`), checked first."""
     attrs = feature_store.read_attrs(features_path)
     num_classes = int(attrs["num_classes"])
     with feature_store.open_features(features_path) as handle:
+        feature_store.check_identity(handle, expected or {})
         pool_size = handle["pool/labels"].shape[0]
-    labelled = read_labelled(labelled_csv, pool_size, num_classes)
-    rows = labelled["pool_index"].to_numpy()
+        labelled = read_labelled(labelled_csv, pool_size, num_classes)
+        rows = labelled["pool_index"].to_numpy()
+        feature_store.check_sample_ids(handle, rows, labelled["sample_id"].tolist(), labelled_csv)
     x, _ = feature_store.load_rows(features_path, "pool", rows)
     recipe = ProxyRecipe.from_config(proxy_config)
     model = train_proxy(x, labelled["label"].to_numpy(), num_classes, recipe, seed=seed * 1000 + round_index)

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from asvp.atomic import atomic_path
 from asvp.batching import batch_positions, epoch_seed, iterate_batches, recalibrate_batchnorm
+from asvp.crash import crash_point
 from asvp.errors import DataError
 from asvp.precision import autocast_dtype, inference_autocast
 from asvp.probe import fit_linear_probe
@@ -261,6 +262,7 @@ def train(
                 _save_checkpoint(checkpoint, fingerprint, model, optimizer, scheduler, history,
                                  stage_index + 1 if stage_done else stage_index, 0 if stage_done else epoch + 1)
                 last_write = time.monotonic()
+                crash_point("finetune_checkpoint")
         state = None
     for parameter in model.parameters():
         parameter.requires_grad_(True)
