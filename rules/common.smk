@@ -88,9 +88,17 @@ wildcard_constraints:
 PLANNING_KEYS = {"evaluation": ("at",)}
 
 
+# Keys added after results existed, left out of params while at their default: a new key must not
+# make every job of an existing experiment look changed (fine-tune cache keys hash the excerpt too).
+OMITTED_AT_DEFAULT = {"data": {"bad_images": "stop"}}
+
+
 def cfg_excerpt(*sections):
+    def kept(section, key, value):
+        return key not in PLANNING_KEYS.get(section, ()) and OMITTED_AT_DEFAULT.get(section, {}).get(key, object()) != value
+
     return {
-        s: {k: v for k, v in config[s].items() if k not in PLANNING_KEYS.get(s, ())} if isinstance(config[s], dict) else config[s]
+        s: {k: v for k, v in config[s].items() if kept(s, k, v)} if isinstance(config[s], dict) else config[s]
         for s in sections
     }
 

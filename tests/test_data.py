@@ -307,3 +307,30 @@ def test_image_dataset_rejects_indices_outside_the_source(fake_fashion_mnist: Pa
         ImageDataset(src, np.array([0, 20]), build_transform(False, 32))
     with pytest.raises(DataError, match="1-D integer"):
         ImageDataset(src, np.array([0.5]), build_transform(False, 32))
+
+
+def test_bad_images_skip_drops_them_from_the_pool_and_lists_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import pandas as pd
+
+    from asvp.config import validate_config
+    from asvp.rounds import define_pool
+
+    _write_tree(tmp_path / "data", {"train": {"cat": 3, "dog": 2}, "test": {"cat": 1, "dog": 1}})
+    bad = tmp_path / "data" / "train" / "cat" / "1.jpg"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated JPEG
+    config = validate_config({"experiment": "unit", "data": {"dataset": "imagefolder", "root": str(tmp_path / "data"),
+                                                             "bad_images": "skip"}})
+    out = tmp_path / "out"
+    define_pool(config, out / "pool.csv", out / "test.csv", out / "dataset.json")
+    pool = pd.read_csv(out / "pool.csv")
+    assert "train/cat/1.jpg" not in set(pool["sample_id"]) and len(pool) == 4
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["pool_size"] == 4 and [s["sample_id"] for s in info["skipped_images"]] == ["train/cat/1.jpg"]
+    assert str(bad) in info["skipped_images"][0]["error"]
+    printed = capsys.readouterr().out
+    assert "skipped 1 images that do not decode" in printed and "classes, in label order: 0=cat, 1=dog" in printed
+    config["data"]["bad_images"] = "stop"  # the default: the pool keeps it, extraction stops naming the file
+    define_pool(config, out / "pool.csv", out / "test.csv", out / "dataset.json")
+    assert len(pd.read_csv(out / "pool.csv")) == 5

@@ -262,6 +262,7 @@ def load_backbone_weights(model: nn.Module, path: Path, *, prefix: str = "auto")
     if missing or unexpected or mismatched:
         raise _fit_error(path, arch, chosen, prefix, list(raw), missing, unexpected, mismatched, list(state))
     model.load_state_dict(state, strict=True)
+    model.checkpoint_prefix = chosen  # what "auto" found: logged by extraction, kept in the features file
 
 
 def build_backbone(arch: str, checkpoint: str | os.PathLike[str] | None, *, prefix: str = "auto",

@@ -7,6 +7,8 @@ them. Nothing here knows about Snakemake.
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from asvp import features as feature_store
 from asvp.atomic import write_csv, write_json
 from asvp.backbones import build_backbone, file_sha256, resolve_checkpoint
 from asvp.data import ImageDataset, build_transform, open_source
-from asvp.errors import ConfigError
+from asvp.errors import ConfigError, DataError
 from asvp.pool import read_labelled, read_split_table, split_table, subset_indices, unlabelled_indices
 from asvp.queries import apply_strategy
 from asvp.proxy import ProxyRecipe, load_proxy, proxy_outputs, save_proxy, save_weights, train_proxy
@@ -43,17 +45,49 @@ def define_pool(config: dict[str, Any], pool_out: str | Path, test_out: str | Pa
     (which would make every downstream file look stale).
     """
     data = config["data"]
-    sizes = {}
+    sizes: dict[str, int] = {}
+    skipped: list[dict[str, Any]] = []
     num_classes = 0
+    tables = {}
     for split, subset, out, salt in (("train", data["pool_subset"], pool_out, 0), ("test", data["test_subset"], test_out, 1)):
         source = open_source(data["dataset"], data["root"], split)
         indices = subset_indices(len(source), subset, data["subset_seed"] + salt)
-        write_csv(out, split_table(indices, [source.sample_id(int(i)) for i in indices], source.labels[indices]))
+        if data.get("bad_images", "stop") == "skip":
+            bad = undecodable(source, indices)
+            skipped += [{"split": split, "sample_id": source.sample_id(int(i)), "error": error} for i, error in bad.items()]
+            indices = indices[~np.isin(indices, list(bad))]
+        tables[out] = split_table(indices, [source.sample_id(int(i)) for i in indices], source.labels[indices])
         sizes[split] = len(indices)
         num_classes = source.num_classes
         classes = class_names(source)
+    for out, table in tables.items():
+        write_csv(out, table)
+    if skipped:
+        print(f"skipped {len(skipped)} images that do not decode (data.bad_images: skip), listed in {info_out}:")
+        for entry in skipped[:20]:
+            print(f"  {entry['split']} {entry['sample_id']}: {entry['error']}")
+    print(f"classes, in label order: {', '.join(f'{i}={name}' for i, name in enumerate(classes))}")
     write_json(info_out, {"dataset": data["dataset"], "num_classes": num_classes, "classes": classes,
-                          "pool_size": sizes["train"], "test_size": sizes["test"]})
+                          "pool_size": sizes["train"], "test_size": sizes["test"], "skipped_images": skipped})
+
+
+def undecodable(source: Any, indices: np.ndarray, threads: int = 4) -> dict[int, str]:
+    """{source index: error} of the images among `indices` that do not decode (files only: array
+    datasets are decoded already). Decoding runs in threads (PIL releases the GIL)."""
+    if getattr(source, "paths", None) is None:
+        return {}
+    from concurrent.futures import ThreadPoolExecutor
+
+    def check(index: int) -> str | None:
+        try:
+            source.load_image(index)
+        except DataError as error:
+            return str(error)
+        return None
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        errors = list(pool.map(check, (int(i) for i in indices)))
+    return {int(i): e for i, e in zip(indices, errors) if e is not None}
 
 
 def class_names(source: Any) -> list[str]:
@@ -97,9 +131,16 @@ def extract(
         dataset = _dataset(config, split, table["source_index"].to_numpy(), train_mode=False)
         num_classes = dataset.source.num_classes
         splits[split] = extraction.SplitInput(dataset, table["label"].to_numpy(), table["sample_id"].tolist())
+    prefix = getattr(backbone, "checkpoint_prefix", "")
+    classes = class_names(dataset.source)
+    print(f"backbone {config['backbone']['arch']} from {origin['checkpoint']}: checkpoint prefix {prefix!r} stripped "
+          f"(backbone.prefix: {config['backbone']['prefix']})")
+    print(f"classes, in label order: {', '.join(f'{i}={name}' for i, name in enumerate(classes))}")
     attrs = {
         "backbone": config["backbone"]["arch"],
         **origin,
+        "checkpoint_prefix": prefix,
+        "classes": json.dumps(classes),
         "dataset": data["dataset"],
         "resolution": data["resolution"],
         "transform": repr(build_transform(False, data["resolution"], resize=data["resize"])),
