@@ -33,3 +33,16 @@ def test_disk_full_while_writing_names_the_file_and_leaves_no_output(tmp_path: P
     assert code == 2
     assert "asvp label: error: the disk is full while writing" in message and "Free space there" in message
     assert not out.exists() and list(out.parent.iterdir()) == []  # neither the result nor its temporary file
+
+
+def test_a_full_disk_reported_only_in_the_message_is_recognised(monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """h5py and torch.save say "No space left on device" in a RuntimeError/OSError without errno."""
+
+    def failing(args: object) -> None:
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0: "
+                           "file write failed (No space left on device)")
+
+    monkeypatch.setattr(cli, "run_command", failing)
+    assert cli.main(["label", "--selected", "s", "--pool", "p", "--round", "0", "--out", "o"]) == 2
+    assert "the disk is full" in capsys.readouterr().err

@@ -311,13 +311,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AsvpError as exc:
         print(f"asvp {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except (OSError, RuntimeError) as exc:  # h5py and torch.save report a full disk in their message only
+        if getattr(exc, "errno", None) not in (errno.ENOSPC, errno.EDQUOT) and "No space left on device" not in str(exc):
             raise
         # Every writer renames a finished temporary file, so nothing half-written is left under a
         # final name; extraction and fine-tuning keep their partial file / checkpoint to resume.
-        where = f" while writing {exc.filename}" if exc.filename else ""
-        print(f"asvp {args.command}: error: the disk is full{where} ({exc.strerror}). Free space there (or point "
+        filename = getattr(exc, "filename", None)
+        where = f" while writing {filename}" if filename else ""
+        print(f"asvp {args.command}: error: the disk is full{where} ({getattr(exc, 'strerror', None) or exc}). "
+              "Free space there (or point "
               "results_dir elsewhere) and rerun the same command: finished steps are kept, extraction and fine-tuning "
               "resume from their last chunk or checkpoint.", file=sys.stderr)
         return 2
