@@ -35,6 +35,20 @@ include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
 
+# Steps that only move small files: run in the head process, never submitted to a cluster.
+localrules:
+    all,
+    define_pool,
+    effective_config,
+    select_initial,
+    select_random,
+    request_labels,
+    label,
+    decide,
+    summarize,
+    report_figures,
+
+
 rule all:
     default_target: True
     input:

@@ -1,5 +1,6 @@
 # Config validation, paths and the small helpers every rule file uses.
 import json
+import os
 import shlex
 import sys
 
@@ -43,25 +44,37 @@ print(
     file=sys.stderr,
 )
 
-# The library's CLI, run by the interpreter that runs Snakemake (the project's venv); with
-# `--sdm conda` each rule's env provides `python` instead.
-ASVP = (
-    "python -m asvp"
-    if "conda" in str(workflow.deployment_settings.deployment_method).lower()
-    else f"{shlex.quote(sys.executable)} -m asvp"
-)
+# Rules call the library's CLI as `asvp` (its console script). Without `--sdm conda` that is the
+# one beside the interpreter running Snakemake (the project's venv), put first on the jobs' PATH, so
+# `.venv/bin/snakemake` works without activating the venv; with it, each rule's env provides it.
+if "conda" not in str(workflow.deployment_settings.deployment_method).lower():
+    shell.prefix(f'set -euo pipefail; export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; ')
 
-# Every shell command pipes its output through this: the step's log, plus <log>.attempts, which
-# keeps the output of every attempt (Snakemake empties the log before a rerun, so the output of a
-# killed attempt would otherwise be lost).
-KEEP_LOG = shlex.quote(f"{workflow.basedir}/scripts/keep_log")
+# Resources every rule declares (a cluster profile may override them per rule). A GPU is asked for
+# unless device is cpu; a refresh asks for it only when its round's decision refreshes.
+GPUS = 0 if config["device"] == "cpu" else 1
+SMALL_MEM_MB, PROXY_MEM_MB, BIG_MEM_MB = 2000, 16000, 64000
+SHORT_MINUTES, PROXY_MINUTES, LONG_MINUTES = 15, 120, 1440
+# Cluster scheduling: the steps that only move small files run in the head process (localrules
+# in the Snakefile), and the proxy steps of a round (train_proxy and select_proxy) share the group
+# "proxy_round": one submission per round. refresh_features stays its own job: each one reads
+# the previous round's features, so in the group it would chain every round into one group job
+# around the local label/decide steps, which Snakemake refuses; a pass-through asks for no GPU
+# and 15 minutes.
+
+# Every rule's software for `--sdm conda` (paths are relative to the rule files in rules/).
+CONDA_ENV = "../envs/cuda.yaml" if config["device"] == "cuda" else "../envs/cpu.yaml"
 
 # Fine-tunes and proxy steps run two side by side: on the 2-core default two 1-thread jobs train 17 % more
 # images per second than one 2-thread job (219 vs 187 img/s, MobileNetV2 at 32 px, measured here).
+# On a cluster (no --cores: the executor asks for each job's threads) a profile sets them per
+# rule with `set-threads`; 8 is the default there.
 try:
     JOB_THREADS = max(1, int(workflow.cores) // 2)
-except (TypeError, ValueError):  # --cores all / unset: let the scheduler cap it
+except (TypeError, ValueError):  # --cores all: let the scheduler cap it
     JOB_THREADS = 2
+except Exception:  # cluster execution: workflow.cores is undefined
+    JOB_THREADS = 8
 
 # The selection chain (select, label, decide, refresh, proxy) is a long sequence of small jobs
 # per run; evaluation fine-tunes hang off it. Scheduling the chain first lets the fine-tunes

@@ -15,15 +15,20 @@ rule decide:
         cfg=decision_cfg,
         previous=lambda w, input: f"--previous {input.previous}" if "previous" in input.keys() else "",
     threads: 1
+    resources:
+        mem_mb=PROXY_MEM_MB,
+        runtime=SHORT_MINUTES,
     priority: SELECTION_PRIORITY
     log:
         f"{ROUND}/logs/decide.log",
     benchmark:
         f"{ROUND}/benchmarks/decide.tsv"
+    conda:
+        CONDA_ENV
     shell:
-        "{ASVP} --threads {threads} decide --config-json {params.cfg} --features {input.features} "
+        "asvp --log {log} --threads {threads} decide --config-json {params.cfg} --features {input.features} "
         "--labelled {input.labelled} {params.previous} --seed {wildcards.seed} --round {wildcards.r} "
-        "--out {output} 2>&1 | {KEEP_LOG} {log}"
+        "--out {output}"
 
 
 rule refresh_features:
@@ -43,15 +48,18 @@ rule refresh_features:
     threads: JOB_THREADS
     resources:
         # Re-evaluated once decision.json exists: a pass-through round asks for no GPU.
-        gpu=lambda w, input: int(config["device"] == "cuda" and refresh_requested(input)),
-        runtime=lambda w, input: 1440 if refresh_requested(input) else 5,
+        gpu=lambda w, input: GPUS if refresh_requested(input) else 0,
+        mem_mb=lambda w, input: BIG_MEM_MB if refresh_requested(input) else SMALL_MEM_MB,
+        runtime=lambda w, input: LONG_MINUTES if refresh_requested(input) else SHORT_MINUTES,
     priority: SELECTION_PRIORITY
     log:
         f"{ROUND}/logs/refresh_features.log",
     benchmark:
         f"{ROUND}/benchmarks/refresh_features.tsv"
+    conda:
+        CONDA_ENV
     shell:
-        "{ASVP} --threads {threads} refresh-features --config-json {params.cfg} --decision {input.decision} "
+        "asvp --log {log} --threads {threads} refresh-features --config-json {params.cfg} --decision {input.decision} "
         "--pool {input.pool} --test {input.test} --labelled {input.labelled} "
         "--previous-features {input.previous} --seed {wildcards.seed} --round {wildcards.r} "
-        "--cache-dir {params.cache} --out {output} 2>&1 | {KEEP_LOG} {log}"
+        "--cache-dir {params.cache} --out {output}"

@@ -20,15 +20,19 @@ rule evaluate:
         share=share_model_flag,
     threads: JOB_THREADS
     resources:
-        gpu=1 if config["device"] == "cuda" else 0,
+        gpu=GPUS,
+        mem_mb=BIG_MEM_MB,
+        runtime=LONG_MINUTES,
     log:
         f"{ROUND}/logs/evaluate.log",
     benchmark:
         f"{ROUND}/benchmarks/evaluate.tsv"
+    conda:
+        CONDA_ENV
     shell:
-        "{ASVP} --threads {threads} evaluate --config-json {params.cfg} --recipe {params.recipe} "
+        "asvp --log {log} --threads {threads} evaluate --config-json {params.cfg} --recipe {params.recipe} "
         "{params.decision} --pool {input.pool} --labelled {input.labelled} --test {input.test} "
-        "--seed {wildcards.seed} --round {wildcards.r} --cache-dir {params.cache} {params.share} --out {output.metrics} 2>&1 | {KEEP_LOG} {log}"
+        "--seed {wildcards.seed} --round {wildcards.r} --cache-dir {params.cache} {params.share} --out {output.metrics}"
 
 
 rule finetune_standard:
@@ -48,14 +52,18 @@ rule finetune_standard:
         share=share_model_flag,
     threads: JOB_THREADS
     resources:
-        gpu=1 if config["device"] == "cuda" else 0,
+        gpu=GPUS,
+        mem_mb=BIG_MEM_MB,
+        runtime=LONG_MINUTES,
     priority: SELECTION_PRIORITY
     log:
         f"{ROUND}/logs/evaluate.log",
     benchmark:
         f"{ROUND}/benchmarks/evaluate.tsv"
+    conda:
+        CONDA_ENV
     shell:
-        "{ASVP} --threads {threads} evaluate --config-json {params.cfg} --recipe {params.recipe} "
+        "asvp --log {log} --threads {threads} evaluate --config-json {params.cfg} --recipe {params.recipe} "
         "--pool {input.pool} --labelled {input.labelled} --test {input.test} --seed {wildcards.seed} "
         "--round {wildcards.r} --cache-dir {params.cache} {params.share} --model-out {output.model} "
-        "--out {output.metrics} 2>&1 | {KEEP_LOG} {log}"
+        "--out {output.metrics}"

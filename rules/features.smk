@@ -8,13 +8,19 @@ rule define_pool:
         info=f"{RES}/data/dataset.json",
     params:
         cfg=cfg_json("data"),
+    threads: 1
+    resources:
+        mem_mb=SMALL_MEM_MB,
+        runtime=SHORT_MINUTES,
     log:
         f"{RES}/data/logs/define_pool.log",
     benchmark:
         f"{RES}/data/benchmarks/define_pool.tsv"
+    conda:
+        CONDA_ENV
     shell:
-        "{ASVP} define-pool --config-json {params.cfg} --pool {output.pool} --test {output.test} "
-        "--info {output.info} 2>&1 | {KEEP_LOG} {log}"
+        "asvp --log {log} define-pool --config-json {params.cfg} --pool {output.pool} --test {output.test} "
+        "--info {output.info}"
 
 
 rule extract_pretrained:
@@ -27,7 +33,9 @@ rule extract_pretrained:
         cfg=cfg_json("data", "backbone", "features", "device"),
     threads: 2
     resources:
-        gpu=1 if config["device"] == "cuda" else 0,
+        gpu=GPUS,
+        mem_mb=BIG_MEM_MB,
+        runtime=LONG_MINUTES,
     # Every proxy method's chain waits on it: ahead of the selection chains, or standard AL's
     # chains keep both cores busy and the 2-thread extraction starts last (seen in a 7-method run).
     priority: SELECTION_PRIORITY + 1
@@ -35,6 +43,8 @@ rule extract_pretrained:
         f"{RES}/features/logs/extract_pretrained.log",
     benchmark:
         f"{RES}/features/benchmarks/extract_pretrained.tsv"
+    conda:
+        CONDA_ENV
     shell:
-        "{ASVP} --threads {threads} extract --config-json {params.cfg} --pool {input.pool} "
-        "--test {input.test} --out {output} 2>&1 | {KEEP_LOG} {log}"
+        "asvp --log {log} --threads {threads} extract --config-json {params.cfg} --pool {input.pool} "
+        "--test {input.test} --out {output}"

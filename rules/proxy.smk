@@ -15,12 +15,18 @@ rule train_proxy:
         # data and backbone: the features file's attributes are checked against them.
         cfg=cfg_json("proxy", "data", "backbone"),
     threads: JOB_THREADS
+    resources:
+        mem_mb=PROXY_MEM_MB,
+        runtime=PROXY_MINUTES,
+    group: "proxy_round"  # on a cluster: one submission per round (see common.smk)
     priority: SELECTION_PRIORITY
     log:
         f"{ROUND}/logs/train_proxy.log",
     benchmark:
         f"{ROUND}/benchmarks/train_proxy.tsv"
+    conda:
+        CONDA_ENV
     shell:
-        "{ASVP} --threads {threads} train-proxy --config-json {params.cfg} --features {input.features} "
+        "asvp --log {log} --threads {threads} train-proxy --config-json {params.cfg} --features {input.features} "
         "--labelled {input.labelled} --seed {wildcards.seed} --round {wildcards.r} --out {output.proxy} "
-        "--weights-out {output.weights} 2>&1 | {KEEP_LOG} {log}"
+        "--weights-out {output.weights}"

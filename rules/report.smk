@@ -8,17 +8,25 @@ rule effective_config:
     params:
         cfg=shlex.quote(json.dumps(config)),
         layers=shlex.quote(" < ".join(["schema defaults", *CONFIG_LAYERS])),
+    threads: 1
+    resources:
+        mem_mb=SMALL_MEM_MB,
+        runtime=SHORT_MINUTES,
     log:
         f"{RES}/logs/effective_config.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{ASVP} write-config --config-json {params.cfg} --layers {params.layers} --out {output} 2>&1 | {KEEP_LOG} {log}"
+        "asvp --log {log} write-config --config-json {params.cfg} --layers {params.layers} --out {output}"
 
 
 rule summarize:
     input:
         metrics=all_metrics(),
         rounds=all_rounds(),
-        dataset=rules.define_pool.output.info,
+        # A plain path, not rules.define_pool.output.info: with the 3,600-file list above, that
+        # made Snakemake hash the whole list once per item (1.1 s of a 900-round dry run).
+        dataset=f"{RES}/data/dataset.json",
     output:
         summary=f"{RES}/summary.csv",
         rounds=f"{RES}/rounds.csv",
@@ -26,12 +34,19 @@ rule summarize:
         class_counts=f"{RES}/class_counts.csv",
     params:
         n_rounds=N_ROUNDS,
+        experiment_dir=lambda w, output: os.path.dirname(output.summary),
+    threads: 1
+    resources:
+        mem_mb=SMALL_MEM_MB,
+        runtime=SHORT_MINUTES,
     log:
         f"{RES}/logs/summarize.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{ASVP} summarize --experiment-dir {RES} --metrics {input.metrics} --out {output.summary} "
+        "asvp --log {log} summarize --experiment-dir {params.experiment_dir} --metrics {input.metrics} --out {output.summary} "
         "--rounds {params.n_rounds} --dataset-json {input.dataset} --rounds-out {output.rounds} "
-        "--decisions-out {output.decisions} --class-counts-out {output.class_counts} 2>&1 | {KEEP_LOG} {log}"
+        "--decisions-out {output.decisions} --class-counts-out {output.class_counts}"
 
 
 REPORT = f"{RES}/report"
@@ -57,7 +72,16 @@ rule report_figures:
     params:
         cfg=cfg_json("cost", "methods", "strategies", "seeds", "schedule", "evaluation", "decision", "data", "backbone",
                      "finetune", "lpft", "proxy"),
+        experiment_dir=lambda w, output: os.path.dirname(os.path.dirname(output.accuracy)),
+        out_dir=lambda w, output: os.path.dirname(output.accuracy),
+    threads: 1
+    resources:
+        mem_mb=SMALL_MEM_MB,
+        runtime=SHORT_MINUTES,
     log:
         f"{RES}/logs/report_figures.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{ASVP} report --config-json {params.cfg} --experiment-dir {RES} --out-dir {REPORT} 2>&1 | {KEEP_LOG} {log}"
+        "asvp --log {log} report --config-json {params.cfg} --experiment-dir {params.experiment_dir} "
+        "--out-dir {params.out_dir}"

@@ -18,13 +18,19 @@ rule select_initial:
         f"{RUN}/round000/selected.csv",
     params:
         budget=BUDGETS[0],
+    threads: 1
+    resources:
+        mem_mb=SMALL_MEM_MB,
+        runtime=SHORT_MINUTES,
     log:
         f"{RUN}/round000/logs/select_initial.log",
     benchmark:
         f"{RUN}/round000/benchmarks/select_initial.tsv"
+    conda:
+        CONDA_ENV
     shell:
-        "{ASVP} select-initial --pool {input.pool} --budget {params.budget} --seed {wildcards.seed} "
-        "--out {output} 2>&1 | {KEEP_LOG} {log}"
+        "asvp --log {log} select-initial --pool {input.pool} --budget {params.budget} --seed {wildcards.seed} "
+        "--out {output}"
 
 
 rule select_pretrained:
@@ -41,16 +47,20 @@ rule select_pretrained:
         cfg=select_cfg(),
     threads: JOB_THREADS
     resources:
-        gpu=1 if config["device"] == "cuda" else 0,
+        gpu=GPUS,
+        mem_mb=BIG_MEM_MB,
+        runtime=LONG_MINUTES,
     priority: SELECTION_PRIORITY
     log:
         f"{ROUND}/logs/select.log",
     benchmark:
         f"{ROUND}/benchmarks/select.tsv"
+    conda:
+        CONDA_ENV
     shell:
-        "{ASVP} --threads {threads} select-single-shot --budget {params.budget} --seed {wildcards.seed} "
+        "asvp --log {log} --threads {threads} select-single-shot --budget {params.budget} --seed {wildcards.seed} "
         "--round {wildcards.r} --pool {input.pool} --features {input.features} --config-json {params.cfg} "
-        "--selected-out {output.selected} --scores-out {output.scores} 2>&1 | {KEEP_LOG} {log}"
+        "--selected-out {output.selected} --scores-out {output.scores}"
 
 
 rule select_proxy:
@@ -69,16 +79,22 @@ rule select_proxy:
         budget=lambda w: BUDGETS[int(w.r)],
         cfg=select_cfg("proxy"),
     threads: JOB_THREADS
+    resources:
+        mem_mb=PROXY_MEM_MB,
+        runtime=PROXY_MINUTES,
+    group: "proxy_round"  # on a cluster: one submission per round (see common.smk)
     priority: SELECTION_PRIORITY
     log:
         f"{ROUND}/logs/select.log",
     benchmark:
         f"{ROUND}/benchmarks/select.tsv"
+    conda:
+        CONDA_ENV
     shell:
-        "{ASVP} --threads {threads} select --strategy {wildcards.strategy} --budget {params.budget} "
+        "asvp --log {log} --threads {threads} select --strategy {wildcards.strategy} --budget {params.budget} "
         "--seed {wildcards.seed} --round {wildcards.r} --pool {input.pool} --labelled {input.labelled} "
         "--features {input.features} --proxy-weights {input.weights} --config-json {params.cfg} "
-        "--selected-out {output.selected} --scores-out {output.scores} 2>&1 | {KEEP_LOG} {log}"
+        "--selected-out {output.selected} --scores-out {output.scores}"
 
 
 rule select_standard:
@@ -97,17 +113,21 @@ rule select_standard:
         cfg=select_cfg("data", "evaluation", "device"),
     threads: JOB_THREADS
     resources:
-        gpu=1 if config["device"] == "cuda" else 0,
+        gpu=GPUS,
+        mem_mb=BIG_MEM_MB,
+        runtime=LONG_MINUTES,
     priority: SELECTION_PRIORITY
     log:
         f"{ROUND}/logs/select.log",
     benchmark:
         f"{ROUND}/benchmarks/select.tsv"
+    conda:
+        CONDA_ENV
     shell:
-        "{ASVP} --threads {threads} select --strategy {wildcards.strategy} --budget {params.budget} "
+        "asvp --log {log} --threads {threads} select --strategy {wildcards.strategy} --budget {params.budget} "
         "--seed {wildcards.seed} --round {wildcards.r} --pool {input.pool} --labelled {input.labelled} "
         "--model {input.model} --config-json {params.cfg} "
-        "--selected-out {output.selected} --scores-out {output.scores} 2>&1 | {KEEP_LOG} {log}"
+        "--selected-out {output.selected} --scores-out {output.scores}"
 
 
 rule select_random:
@@ -123,14 +143,20 @@ rule select_random:
     params:
         budget=lambda w: BUDGETS[int(w.r)],
     priority: SELECTION_PRIORITY
+    threads: 1
+    resources:
+        mem_mb=SMALL_MEM_MB,
+        runtime=SHORT_MINUTES,
     log:
         f"{ROUND}/logs/select.log",
     benchmark:
         f"{ROUND}/benchmarks/select.tsv"
+    conda:
+        CONDA_ENV
     shell:
-        "{ASVP} select --strategy random --budget {params.budget} --seed {wildcards.seed} "
+        "asvp --log {log} select --strategy random --budget {params.budget} --seed {wildcards.seed} "
         "--round {wildcards.r} --pool {input.pool} --labelled {input.labelled} "
-        "--selected-out {output.selected} --scores-out {output.scores} 2>&1 | {KEEP_LOG} {log}"
+        "--selected-out {output.selected} --scores-out {output.scores}"
 
 
 rule request_labels:
@@ -144,11 +170,17 @@ rule request_labels:
         cfg=cfg_json("data"),
         proxy=lambda w, input: f"--proxy-weights {input.weights} --features {input.features}" if "weights" in input.keys() else "",
     priority: SELECTION_PRIORITY
+    threads: 1
+    resources:
+        mem_mb=SMALL_MEM_MB,
+        runtime=SHORT_MINUTES,
     log:
         f"{ROUND}/logs/request_labels.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{ASVP} request-labels --config-json {params.cfg} --selected {input.selected} --pool {input.pool} "
-        "--dataset-json {input.dataset} {params.proxy} --out {output.request} --sheet {output.sheet} 2>&1 | {KEEP_LOG} {log}"
+        "asvp --log {log} request-labels --config-json {params.cfg} --selected {input.selected} --pool {input.pool} "
+        "--dataset-json {input.dataset} {params.proxy} --out {output.request} --sheet {output.sheet}"
 
 
 rule label:
@@ -159,10 +191,16 @@ rule label:
     params:
         flags=label_flags,
     priority: SELECTION_PRIORITY
+    threads: 1
+    resources:
+        mem_mb=SMALL_MEM_MB,
+        runtime=SHORT_MINUTES,
     log:
         f"{ROUND}/logs/label.log",
     benchmark:
         f"{ROUND}/benchmarks/label.tsv"
+    conda:
+        CONDA_ENV
     shell:
-        "{ASVP} label --selected {input.selected} --pool {input.pool} --dataset-json {input.dataset} {params.flags} "
-        "--round {wildcards.r} --out {output} 2>&1 | {KEEP_LOG} {log}"
+        "asvp --log {log} label --selected {input.selected} --pool {input.pool} --dataset-json {input.dataset} {params.flags} "
+        "--round {wildcards.r} --out {output}"

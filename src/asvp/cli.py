@@ -173,6 +173,7 @@ def run_command(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asvp", description="asvp-flow steps, called by the Snakemake rules")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (rules pass {threads})")
+    parser.add_argument("--log", default=None, help="write the output to this log and append it to <log>.attempts")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, help_text: str, *, config: bool = False) -> argparse.ArgumentParser:
@@ -306,6 +307,15 @@ def _limit_math_threads(threads: int | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _limit_math_threads(args.threads)
+    if args.log:
+        from asvp.joblog import logged
+
+        with logged(args.log):
+            return _run(args)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         run_command(args)
     except AsvpError as exc:
