@@ -71,7 +71,7 @@ def finetune_key(config: dict[str, Any], recipe_kind: str, labelled: Any, seed: 
         "seed": seed,
         "backbone": config["backbone"],
         "data": config["data"],
-        "device": str(resolve_device(config["device"])),
+        "device": resolve_device(config["device"]).type,  # cuda:1 and cuda:0 give the same model
         "test": hashlib.sha256(Path(test_csv).read_bytes()).hexdigest(),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
@@ -195,7 +195,7 @@ def finetune_and_evaluate(
                 "n_labelled": len(labelled),
                 "num_classes": num_classes,
                 "train_method": recipe_kind,
-                "device": str(resolve_device(config["device"])),
+                "device": resolve_device(config["device"]).type,  # cuda:1 and cuda:0 give the same model
                 "status": "diverged" if reasons else "ok",
                 "divergence": reasons,
                 "final_train_accuracy": history[-1]["train_accuracy"] if history else None,

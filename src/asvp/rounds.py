@@ -29,11 +29,21 @@ from asvp.training import classifier_from, predict
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' uses CUDA when present, else the CPU."""
+    """'auto' uses CUDA when present, else the CPU.
+
+    With several GPUs visible, the one with the most free memory: jobs that Snakemake runs side
+    by side (profiles/local-gpu, one `gpu` resource each) would otherwise all land on cuda:0.
+    """
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device is 'cuda' but no CUDA device is visible; set device: auto or cpu")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if name in ("auto", "cuda"):
+        count = torch.cuda.device_count()
+        if count > 1:
+            free = [torch.cuda.mem_get_info(k)[0] for k in range(count)]
+            return torch.device(f"cuda:{int(np.argmax(free))}")
+        return torch.device("cuda")
     return torch.device(name)
 
 
