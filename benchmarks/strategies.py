@@ -121,7 +121,26 @@ class AnonymousPeak:
         return self.peak_kb / 2**20
 
 
-def worker(task: str, paths: dict[str, Path], picks: int, labelled: int) -> dict[str, object]:
+class PickClock:
+    """Stands in for the rng of a k-means++ run: draws pass through to `rng`, and each draw (one
+    per pick after the first) is timed, so a run stopped at `deadline` still says how many picks
+    it made, and when."""
+
+    class Stop(Exception):
+        pass
+
+    def __init__(self, rng: np.random.Generator, deadline: float | None) -> None:
+        self.rng, self.deadline, self.times = rng, deadline, [time.perf_counter()]
+
+    def random(self) -> float:
+        now = time.perf_counter()
+        if self.deadline is not None and now > self.deadline:
+            raise PickClock.Stop
+        self.times.append(now)
+        return self.rng.random()
+
+
+def worker(task: str, paths: dict[str, Path], picks: int, labelled: int, limit: float | None = None) -> dict[str, object]:
     """One measurement in this process: seconds, the picks' checksum (or the picks themselves)."""
     from asvp.proxy_scoring import load_weights, proxy_chunks
     from asvp.strategies import PoolState, get_strategy
@@ -162,8 +181,15 @@ def worker(task: str, paths: dict[str, Path], picks: int, labelled: int) -> dict
         result = kcenter_greedy(pool, lab, picks, rng)[0]
     elif task == "coreset_ref":
         result = kcenter_greedy_reference(pool, lab, picks, rng)[0]
-    elif task == "badge":
-        result = kmeanspp(probabilities[labelled:], pool, picks, rng)
+    elif task == "badge":  # stopped after `limit` seconds, if given: then the picks made are reported
+        clock = PickClock(rng, None if limit is None else started + limit)
+        try:
+            result = kmeanspp(probabilities[labelled:], pool, picks, clock)  # type: ignore[arg-type]
+        except PickClock.Stop:
+            done = len(clock.times)
+            last = clock.times[-1] - clock.times[max(0, done - 1 - max(1, done // 10))]
+            partial = {"picks_done": done, "seconds_to_first_pick": clock.times[0] - started,
+                       "seconds_per_pick_last_10pct": last / max(1, done // 10)}
     elif task == "badge_seed2":  # the overlap two exact runs with different rngs reach: the yardstick
         result = kmeanspp(probabilities[labelled:], pool, picks, np.random.default_rng(2))
     elif task == "badge_approx":
@@ -180,6 +206,10 @@ def worker(task: str, paths: dict[str, Path], picks: int, labelled: int) -> dict
         result = activeft_select(pool, lab, picks, rng)[0]
     seconds = time.perf_counter() - started
     peak_anonymous = anonymous.stop()
+    if task == "badge" and result is None:
+        return {"task": task, "seconds": seconds, "picks": picks, "first_picks": None, "stopped_at_limit": True,
+                **partial, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                "peak_anon_gb": peak_anonymous}
     if result is not None:
         np.save(picks_path(paths, task, picks), np.asarray(result, dtype=np.int64))
     return {"task": task, "seconds": seconds, "picks": picks,
@@ -195,6 +225,8 @@ def run_worker(task: str, data_dir: Path, scale: float, picks: int, labelled: in
     """One task in a child process; a task past `timeout` seconds is recorded as such, not lost."""
     command = [sys.executable, __file__, "--worker", task, "--data-dir", str(data_dir), "--scale", str(scale),
                "--picks", str(picks), "--labelled", str(labelled)]
+    if timeout is not None and task == "badge":  # stop itself before the timeout and say how far it got
+        command += ["--pick-limit", str(max(1.0, timeout - 120))]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     started = time.perf_counter()
     try:
@@ -243,6 +275,7 @@ def benchmark(scale: float, picks: list[int], ref_picks: int, data_dir: Path, la
     for r in rows:
         if r["task"].endswith("_ref") and not r.get("timed_out"):
             fast = [f for f in rows if f["task"] == r["task"].removesuffix("_ref") and f.get("first_picks")]
+            r["same_picks"] = None
             if fast:
                 r["same_picks"] = r["first_picks"] == fast[0]["first_picks"][: r["picks"]]
         if r["task"] in ("badge_seed2", "badge_approx"):
@@ -259,11 +292,16 @@ def table(rows: list[dict[str, object]], scale: float, picks: list[int], ref_pic
         note = ""
         if r.get("timed_out"):
             note = f"did not finish within {r['seconds']:.0f} s (stopped)"
+        elif r.get("stopped_at_limit"):
+            note = (f"stopped after {r['seconds']:.0f} s with {r['picks_done']} of {r['picks']} picks (first pick after "
+                    f"{r['seconds_to_first_pick']:.0f} s; {r['seconds_per_pick_last_10pct']:.3f} s per pick over the last "
+                    "tenth)")
         elif r.get("failed") is not None:
             note = f"FAILED (exit {r['failed']}{', killed: out of memory?' if r['failed'] == -9 else ''})"
         elif r["task"].endswith("_ref"):
             per_pick = r["seconds"] / max(1, r["picks"])
-            note = (f"first {r['picks']} picks {'identical' if r.get('same_picks') else 'DIFFER'}; extrapolated: "
+            identity = {True: "identical", False: "DIFFER", None: "not compared (the fast run did not finish)"}
+            note = (f"first {r['picks']} picks {identity[r.get('same_picks')]}; extrapolated: "
                     + ", ".join(f"{per_pick * k:.0f} s for {k}" for k in picks))
         elif r.get("overlap") is not None:
             what = "exact BADGE, another rng" if r["task"] == "badge_seed2" else (
@@ -284,13 +322,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="append the table to this file (e.g. BENCHMARKS.md)")
     parser.add_argument("--worker", choices=TASKS)
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="run only these")
+    parser.add_argument("--pick-limit", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--task-timeout", type=float, default=None, help="seconds before a task is stopped and recorded so")
     parser.add_argument("--fresh", action="store_true", help="forget the results file of this pool and rerun every task")
     args = parser.parse_args(argv)
     labelled = args.labelled if args.labelled is not None else max(10, int(10000 * min(args.scale, 1)))
     if args.worker:
         paths = make_pool(args.data_dir, args.scale)
-        print(json.dumps(worker(args.worker, paths, args.picks[0], labelled)))
+        print(json.dumps(worker(args.worker, paths, args.picks[0], labelled, args.pick_limit)))
         return 0
     rows = benchmark(args.scale, args.picks, args.ref_picks, args.data_dir, labelled, tuple(args.tasks), args.task_timeout,
                      args.fresh)
