@@ -11,10 +11,15 @@ batches; any other dataset goes through ONE DataLoader per split over the remain
 boundary). Chunk boundaries are counted on the batch stream, so resume points are unchanged.
 On CUDA the forward runs under bf16/fp16 autocast in channels_last; features are stored in
 the configured dtype either way.
+
+With world_size > 1 (issue 11) each chunk's rows are split into contiguous parts, one per
+process (asvp.distributed); rank 0 gathers the parts and is the only writer, so the file, its
+chunks and its resume points are those of one process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -29,7 +34,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from asvp import distributed
 from asvp import features as store
+from asvp.batching import iterate_batches
 from asvp.crash import crash_point
 from asvp.errors import DataError
 from asvp.precision import inference_autocast
@@ -87,18 +94,29 @@ def extract_features(
     num_workers: int = 0,
     device: torch.device | str = "cpu",
     crash_name: str = "extract_chunk",
+    world_size: int = 1,
 ) -> None:
     """Write features of every split to `out` (HDF5), resumably and atomically.
 
-    crash_name: the crash point passed after each chunk (asvp.crash; tests only)."""
+    crash_name: the crash point passed after each chunk (asvp.crash; tests only).
+    world_size > 1: that many processes (a GPU each on CUDA, gloo on the CPU) share every chunk;
+    the file is the one a single process writes (features equal up to float rounding), and either
+    kind resumes the other's partial file. `model` and `splits` are sent to them and must pickle.
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
+    distributed.require_world_size(world_size)
+    if world_size > 1:
+        options = dict(attrs=attrs, dtype=dtype, batch_size=batch_size, chunk_rows=chunk_rows, num_workers=num_workers,
+                       crash_name=crash_name)
+        distributed.launch(_extract_rank, world_size, model, splits, out, options,
+                           backend=distributed.backend_for(device, world_size))
+        return
     feature_dim = int(model.feature_dim)  # type: ignore[arg-type]
     model = model.to(device).eval().to(memory_format=torch.channels_last)
-    # Rows per chunk must be a multiple of the batch size so a resumed chunk starts on a batch edge.
-    chunk_rows = max(batch_size, (chunk_rows // batch_size) * batch_size)
-    fingerprint = json.dumps({**dict(attrs), "dtype": dtype, "chunk_rows": chunk_rows}, sort_keys=True, default=str)
+    chunk_rows = _whole_batches(chunk_rows, batch_size)
+    fingerprint = _fingerprint(attrs, dtype, chunk_rows)
     partial = store.partial_path(out)
     with store.open_partial(partial, fingerprint) as handle:
         for name, split in splits.items():
@@ -112,17 +130,87 @@ def extract_features(
                 outputs = [_forward(model, images, device) for images in
                            itertools.islice(batches, math.ceil((stop - start) / batch_size))]
                 block = torch.cat(outputs).float().cpu().numpy()
-                if len(block) != stop - start:
-                    raise DataError(f"dataset for {name} yielded {len(block)} rows for rows {start}..{stop - 1}; "
-                                    "its length and its items disagree")
-                if not np.isfinite(block).all():
-                    raise DataError(
-                        f"backbone produced NaN/Inf features for {name} rows {start}..{stop - 1}; "
-                        "check the checkpoint (backbone.checkpoint) and the input images"
-                    )
+                _check_count(name, len(block), start, stop)
+                _check_finite(name, block, start, stop)
                 store.write_rows(handle, group, start, block)
                 crash_point(crash_name)
                 progress.update(stop - start)
             progress.close()
         store.mark_complete(handle, attrs, dtype, feature_dim)
     os.replace(partial, out)
+
+
+def _whole_batches(chunk_rows: int, batch_size: int) -> int:
+    """Rows per chunk, a multiple of the batch size so a resumed chunk starts on a batch edge."""
+    return max(batch_size, (chunk_rows // batch_size) * batch_size)
+
+
+def _fingerprint(attrs: Mapping[str, Any], dtype: str, chunk_rows: int) -> str:
+    return json.dumps({**dict(attrs), "dtype": dtype, "chunk_rows": chunk_rows}, sort_keys=True, default=str)
+
+
+def _check_count(name: str, rows: int, start: int, stop: int) -> None:
+    if rows != stop - start:
+        raise DataError(f"dataset for {name} yielded {rows} rows for rows {start}..{stop - 1}; "
+                        "its length and its items disagree")
+
+
+def _check_finite(name: str, block: np.ndarray, start: int, stop: int) -> None:
+    if not np.isfinite(block).all():
+        raise DataError(
+            f"backbone produced NaN/Inf features for {name} rows {start}..{stop - 1}; "
+            "check the checkpoint (backbone.checkpoint) and the input images"
+        )
+
+
+def _extract_rank(rank: int, world_size: int, model: torch.nn.Module, splits: Mapping[str, SplitInput], out: Path,
+                  options: dict[str, Any]) -> None:
+    """One rank of a data-parallel extraction: forward its part of each chunk; rank 0 writes the file.
+
+    Chunks stay those of one process (same rows, same resume points). Only rank 0 opens the HDF5
+    file (one writer) and tells the others where a resumed split starts.
+    """
+    device = distributed.local_device()
+    main = rank == 0
+    feature_dim = int(model.feature_dim)  # type: ignore[arg-type]
+    model = model.to(device).eval().to(memory_format=torch.channels_last)
+    dtype, batch_size = options["dtype"], options["batch_size"]
+    chunk_rows = _whole_batches(options["chunk_rows"], batch_size)
+    partial = store.partial_path(out)
+    opened = store.open_partial(partial, _fingerprint(options["attrs"], dtype, chunk_rows)) if main else contextlib.nullcontext()
+    with opened as handle:
+        for name, split in splits.items():
+            n = len(split.dataset)  # type: ignore[arg-type]
+            group = store.require_split(handle, name, split.labels, split.sample_ids, feature_dim, dtype, chunk_rows) if main else None
+            done = distributed.broadcast_int(int(group.attrs["rows_done"]) if main else 0, device)
+            chunks = [(start, min(start + chunk_rows, n)) for start in range(done, n, chunk_rows)]
+            parts = [np.arange(start, stop, dtype=np.int64)[distributed.part(stop - start, rank, world_size)]
+                     for start, stop in chunks]
+            # One stream of batches per split (one DataLoader), cut so that no batch crosses a chunk.
+            rows = [part[first : first + batch_size] for part in parts for first in range(0, len(part), batch_size)]
+            batches = (images for images, _ in iterate_batches(split.dataset, rows, options["num_workers"], device, seed=0))
+            progress = tqdm(total=n, initial=done, desc=f"features {name}", unit="img", mininterval=5.0, disable=not main)
+            for (start, stop), part in zip(chunks, parts):
+                block = _part_features(model, batches, name, part, batch_size, feature_dim, device)
+                # Rank r holds the r-th contiguous part: gathered in rank order, the rows are in order.
+                gathered = distributed.gather_rows(block, distributed.part_sizes(stop - start, world_size))
+                if main:
+                    _check_finite(name, gathered, start, stop)
+                    store.write_rows(handle, group, start, gathered)
+                    crash_point(options["crash_name"])
+                progress.update(stop - start)
+            progress.close()
+        if main:
+            store.mark_complete(handle, options["attrs"], dtype, feature_dim)
+    if main:
+        os.replace(partial, out)
+
+
+def _part_features(model: torch.nn.Module, batches: Iterator[torch.Tensor], name: str, part: np.ndarray,
+                   batch_size: int, feature_dim: int, device: torch.device) -> torch.Tensor:
+    """(len(part), D) float32 features of this rank's part of a chunk, left on `device` for the gather."""
+    outputs = [_forward(model, images, device).float() for images in itertools.islice(batches, math.ceil(len(part) / batch_size))]
+    block = torch.cat(outputs) if outputs else torch.zeros((0, feature_dim), device=device)
+    first = int(part[0]) if len(part) else 0
+    _check_count(name, len(block), first, first + len(part))
+    return block

@@ -7,6 +7,8 @@ epoch function, SGD with momentum. A recipe is a list of stages:
                       then ft carries the head over (Kumar et al. 2022; paper appendix A)
 Every epoch ends with an atomic checkpoint, so a killed fine-tune resumes at the next epoch with
 the same data order and augmentation draws (each epoch reseeds from (seed, stage, epoch)).
+With world_size > 1 the same loop runs data-parallel in that many processes (asvp.distributed:
+each global batch split into shards, DDP, synchronised BatchNorm), to the same result.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from asvp import distributed
 from asvp.atomic import atomic_path
 from asvp.batching import batch_positions, epoch_seed, iterate_batches, recalibrate_batchnorm
 from asvp.crash import crash_point
@@ -144,17 +147,26 @@ def _set_trainable(model: Classifier, stage: Stage) -> None:
 
 
 def _train_steps(
-    model: Classifier,
+    model: nn.Module,
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
     device: torch.device,
+    shards: distributed.Shards | None = None,
 ) -> tuple[float, float]:
-    """Run the given batches; return the mean loss and the (augmented) training accuracy."""
+    """Run the given batches; return the mean loss and the (augmented) training accuracy.
+
+    With `shards` (a data-parallel rank; `model` is then its DDP wrapper) each global batch is cut
+    to this rank's shard, and loss and accuracy are summed over the ranks: those of the global batch.
+    """
     loss_fn = nn.CrossEntropyLoss()
     total, correct, count = 0.0, 0, 0
     for images, labels in batches:
+        weight = 1.0
+        if shards is not None:
+            weight = shards.loss_weight(len(labels))
+            images, labels = shards.shard(images), shards.shard(labels)
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         if device.type == "cuda":
@@ -163,13 +175,15 @@ def _train_steps(
         with inference_autocast(device):
             logits = model(images)
             loss = loss_fn(logits.float(), labels)
-        scaler.scale(loss).backward()
+        scaler.scale(loss if weight == 1.0 else loss * weight).backward()
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
         total += float(loss.detach()) * len(labels)
         correct += int((logits.detach().argmax(1) == labels).sum())
         count += len(labels)
+    if shards is not None:
+        total, correct, count = shards.sum(total, correct, count)
     return total / max(count, 1), correct / max(count, 1)
 
 
@@ -185,6 +199,7 @@ def train(
     num_workers: int = 0,
     checkpoint_seconds: float = 0.0,
     log: Callable[[str], None] = print,
+    world_size: int = 1,
 ) -> list[dict[str, Any]]:
     """Train `model` in place through every stage of `recipe`; return the per-epoch history.
 
@@ -193,14 +208,80 @@ def train(
     the last write (0: every epoch); if it exists with the same `fingerprint` (recipe, seed,
     labelled set), training resumes from it, bit for bit as if never interrupted: each epoch
     reseeds augmentation from (seed, stage, epoch) and its batches come from seeded permutations.
+
+    world_size > 1 trains data-parallel in that many processes (one GPU each on CUDA, gloo on
+    the CPU) to the same result up to float rounding, and copies the weights back into `model`.
+    The batch size must divide by world_size; `dataset` and `log` are sent to the processes and
+    must pickle. Checkpoints are the single-process ones: either kind resumes the other's.
     """
     n = len(dataset)  # type: ignore[arg-type]
     if n < 2:
         raise DataError(f"fine-tuning needs at least 2 labelled images, got {n}; raise schedule.budgets[0]")
+    distributed.require_world_size(world_size)
+    if world_size > 1:
+        return _train_distributed(model, dataset, recipe, world_size, device, dict(
+            seed=seed, checkpoint=checkpoint, fingerprint=fingerprint, num_workers=num_workers,
+            checkpoint_seconds=checkpoint_seconds, log=log))
+    return _train_loop(model, dataset, recipe, seed=seed, device=device, checkpoint=checkpoint, fingerprint=fingerprint,
+                       num_workers=num_workers, checkpoint_seconds=checkpoint_seconds, log=log)
+
+
+def _train_distributed(model: Classifier, dataset: Dataset, recipe: TrainRecipe, world_size: int,
+                       device: torch.device, options: dict[str, Any]) -> list[dict[str, Any]]:
+    """Check the split, run `_train_rank` in `world_size` processes, load rank 0's weights into `model`."""
+    distributed.require_shardable(recipe.batch_size, len(dataset), world_size)  # type: ignore[arg-type]
+    backend = distributed.backend_for(device, world_size)
+    history, state = distributed.launch(_train_rank, world_size, model, dataset, recipe, options, backend=backend)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    model.load_state_dict(state)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    model.eval()
+    return history
+
+
+def _train_rank(rank: int, world_size: int, model: Classifier, dataset: Dataset, recipe: TrainRecipe,
+                options: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]] | None:
+    """One rank of a data-parallel fine-tune; rank 0 returns the history and the trained weights."""
+    device = distributed.local_device()
+    shards = distributed.Shards(rank, world_size, device)
+    history = _train_loop(model, dataset, recipe, device=device, shards=shards, **options)
+    if rank != 0:
+        return None
+    return history, {key: value.cpu() for key, value in model.state_dict().items()}
+
+
+def _quiet(_: str) -> None:
+    """The log of ranks other than 0: one log line per epoch, not one per process."""
+
+
+def _train_loop(
+    model: Classifier,
+    dataset: Dataset,
+    recipe: TrainRecipe,
+    *,
+    seed: int,
+    device: torch.device,
+    checkpoint: str | Path,
+    fingerprint: str,
+    num_workers: int = 0,
+    checkpoint_seconds: float = 0.0,
+    log: Callable[[str], None] = print,
+    shards: distributed.Shards | None = None,
+) -> list[dict[str, Any]]:
+    """The loop of `train`; with `shards`, one rank of a data-parallel run (rank 0 logs and writes)."""
+    n = len(dataset)  # type: ignore[arg-type]
     checkpoint = Path(checkpoint)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+    writer = shards is None or shards.main
+    if shards is not None:
+        distributed.sync_batchnorm(model, device)
+        log = log if writer else _quiet
+    shard = shards.shard if shards is not None else None
     history: list[dict[str, Any]] = []
     start_stage, start_epoch, state = 0, 0, None
     if checkpoint.exists():
@@ -224,7 +305,8 @@ def train(
             # batch statistics of the new data; LP on the pre-training statistics fits a head to
             # other features, and FT's first epoch then starts at a loss far above LP's end
             # (default, 400 labels: LP 0.85 -> FT epoch 1 6.68).
-            recalibrate_batchnorm(model, dataset, recipe.batch_size, seed=seed, device=device, num_workers=num_workers)
+            recalibrate_batchnorm(model, dataset, recipe.batch_size, seed=seed, device=device, num_workers=num_workers,
+                                  shard=shard)
         _set_trainable(model, stage)
         optimizer = _optimizer(model, stage, recipe)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step, s=stage, p=plan: lr_factor(s, p, step))
@@ -239,9 +321,11 @@ def train(
             history = [h for h in history if h["stage"] != stage.name]  # a resumed probe is refitted whole
             history += fit_linear_probe(model, dataset, stage, recipe.batch_size, seed=seed, device=device,
                                         num_workers=num_workers, log=log)
-            _save_checkpoint(checkpoint, fingerprint, model, optimizer, scheduler, history, stage_index + 1, 0)
+            if writer:  # every rank fits the same probe; one writes it
+                _save_checkpoint(checkpoint, fingerprint, model, optimizer, scheduler, history, stage_index + 1, 0)
             state = None
             continue
+        net = shards.wrap(model) if shards is not None else model
         log(f"{stage.name}: {plan.steps} steps of {plan.batch} images over {stage.epochs} epochs ({n} labelled)")
         for epoch in range(first_epoch, stage.epochs):
             first, last = plan.epoch_starts[epoch], plan.epoch_starts[epoch + 1]
@@ -249,7 +333,8 @@ def train(
             torch.manual_seed(this_seed)
             positions = batch_positions(n, plan.batch, first, last, seed, stage_index) if last > first else np.zeros((0, plan.batch), np.int64)
             loss, accuracy = _train_steps(
-                model, iterate_batches(dataset, positions, num_workers, device, this_seed), optimizer, scheduler, scaler, device
+                net, iterate_batches(dataset, positions, num_workers, device, this_seed), optimizer, scheduler, scaler, device,
+                shards,
             )
             if not math.isfinite(loss):
                 raise DataError(
@@ -258,16 +343,18 @@ def train(
             history.append({"stage": stage.name, "epoch": epoch + 1, "steps": last - first, "loss": loss, "train_accuracy": accuracy})
             log(f"{stage.name} epoch {epoch + 1}/{stage.epochs} ({last - first} steps) loss {loss:.4f} train acc {accuracy:.3f}")
             stage_done = epoch + 1 == stage.epochs
-            if stage_done or time.monotonic() - last_write >= checkpoint_seconds:
+            if writer and (stage_done or time.monotonic() - last_write >= checkpoint_seconds):
                 _save_checkpoint(checkpoint, fingerprint, model, optimizer, scheduler, history,
                                  stage_index + 1 if stage_done else stage_index, 0 if stage_done else epoch + 1)
                 last_write = time.monotonic()
                 crash_point("finetune_checkpoint")
         state = None
+        net = None  # a stage's DDP hooks go with it: the next stage trains other parameters
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     if recipe.recalibrate_bn and any(stage.lr_backbone is not None for stage in recipe.stages):
-        recalibrate_batchnorm(model, dataset, recipe.batch_size, seed=seed, device=device, num_workers=num_workers)
+        recalibrate_batchnorm(model, dataset, recipe.batch_size, seed=seed, device=device, num_workers=num_workers,
+                              shard=shard)
     model.eval()
     return history
 
