@@ -56,11 +56,11 @@ GPUS = 0 if config["device"] == "cpu" else 1
 SMALL_MEM_MB, PROXY_MEM_MB, BIG_MEM_MB = 2000, 16000, 64000
 SHORT_MINUTES, PROXY_MINUTES, LONG_MINUTES = 15, 120, 1440
 # Cluster scheduling: the steps that only move small files run in the head process (localrules
-# in the Snakefile), and the proxy steps of a round (train_proxy and select_proxy) share the group
-# "proxy_round": one submission per round. refresh_features stays its own job: each one reads
-# the previous round's features, so in the group it would chain every round into one group job
-# around the local label/decide steps, which Snakemake refuses; a pass-through asks for no GPU
-# and 15 minutes.
+# in the Snakefile), and on a cluster the proxy steps of a round (train_proxy and select_proxy)
+# share the group "proxy_round" (profiles/slurm): one submission per round. refresh_features
+# stays its own job: each one reads the previous round's features, so in the group it would
+# chain every round into one group job around the local label/decide steps, which Snakemake
+# refuses; a pass-through asks for no GPU and 15 minutes.
 
 # Every rule's software for `--sdm conda` (paths are relative to the rule files in rules/).
 CONDA_ENV = "../envs/cuda.yaml" if config["device"] == "cuda" else "../envs/cpu.yaml"

@@ -18,7 +18,6 @@ rule train_proxy:
     resources:
         mem_mb=PROXY_MEM_MB,
         runtime=PROXY_MINUTES,
-    group: "proxy_round"  # on a cluster: one submission per round (see common.smk)
     priority: SELECTION_PRIORITY
     log:
         f"{ROUND}/logs/train_proxy.log",

@@ -82,7 +82,6 @@ rule select_proxy:
     resources:
         mem_mb=PROXY_MEM_MB,
         runtime=PROXY_MINUTES,
-    group: "proxy_round"  # on a cluster: one submission per round (see common.smk)
     priority: SELECTION_PRIORITY
     log:
         f"{ROUND}/logs/select.log",

@@ -1,0 +1,20 @@
+"""The planning benchmark (dry-run time of an R-round plan) runs at a few rounds in seconds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_planning_benchmark_counts_the_jobs_of_a_small_plan(tmp_path: Path) -> None:
+    out = tmp_path / "BENCHMARKS.md"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "planning.py"), "--rounds", "5", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| 20") and "| 5 |" in line)
+    # 5 rounds of random, svpp and asvp, evaluated at the last round only: 57 jobs at this commit
+    # (each round: random 2, svpp 4, asvp 4 minus round 0's proxy steps, plus shared steps).
+    assert int(row.split("|")[4]) > 40
