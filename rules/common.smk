@@ -8,6 +8,7 @@ sys.setrecursionlimit(100000)  # long round chains (hundreds of rounds) recurse 
 sys.path.insert(0, f"{workflow.basedir}/src")
 
 from asvp.config import validate_config  # noqa: E402
+from asvp.costs import SINGLE_SHOT_METHODS  # noqa: E402
 from asvp.decision import ABLATION_SWITCHES, settings_for_method  # noqa: E402
 from asvp.oracle import answered, answers_path  # noqa: E402
 from asvp.schedule import cumulative_labels, evaluation_rounds  # noqa: E402
@@ -84,9 +85,8 @@ SELECTION_PRIORITY = 10
 ASVP_METHODS = tuple(ABLATION_SWITCHES)  # asvp and its Table 3 ablations: they decide every round
 PROXY_METHODS = ("svpp", *ASVP_METHODS)
 STANDARD_METHODS = ("standard", "standard_lpft")
-# ActiveFT(pre): every evaluation point is its own single-shot selection on the pre-trained
-# features (labelled sets not nested, no rounds in between), then FT.
-SINGLE_SHOT_METHODS = ("activeft_pre",)
+# SINGLE_SHOT_METHODS (asvp.costs): ActiveFT(pre), every evaluation point its own single-shot
+# selection on the pre-trained features (labelled sets not nested, no rounds in between), then FT.
 
 
 wildcard_constraints:
@@ -202,11 +202,12 @@ def all_requests():
 
 def all_metrics():
     """metrics.json of every evaluation point whose labels exist (the curves' points)."""
+    labelled = {run: set(labelled_rounds(*run)) for run in runs()}
     return [
         f"{run_dir(method, strategy, seed)}/round{r:03d}/metrics.json"
         for r in EVAL_ROUNDS
         for method, strategy, seed in runs()
-        if r in labelled_rounds(method, strategy, seed)
+        if r in labelled[(method, strategy, seed)]
     ]
 
 

@@ -21,7 +21,8 @@ def _probabilities(state: PoolState, dtype: type = np.float64) -> np.ndarray:
     if state.probabilities is None:
         raise ValueError("uncertainty strategies need the selection model's probabilities")
     probs = np.asarray(state.probabilities)
-    probs = probs if probs.dtype in (np.float32, np.float64) and dtype is None else np.asarray(probs, dtype=dtype or np.float64)
+    if dtype is not None or probs.dtype not in (np.float32, np.float64):
+        probs = np.asarray(probs, dtype=dtype or np.float64)
     if not np.isfinite(probs).all():
         raise DataError("the selection model produced NaN/Inf probabilities; check the features and proxy settings")
     return probs
