@@ -51,9 +51,11 @@ print(
 if "conda" not in str(workflow.deployment_settings.deployment_method).lower():
     shell.prefix(f'set -euo pipefail; export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; ')
 
-# Resources every rule declares (a cluster profile may override them per rule). A GPU is asked for
-# unless device is cpu; a refresh asks for it only when its round's decision refreshes.
-GPUS = 0 if config["device"] == "cpu" else 1
+# Resources every rule declares (a cluster profile may override them per rule). GPUs are asked for
+# unless device is cpu: gpus_per_job for fine-tunes and extractions, which use them all
+# (asvp.distributed), one for the rest; a refresh asks for them only when its decision refreshes.
+GPUS = 0 if config["device"] == "cpu" else 1  # proxy steps and selection with a fine-tuned model
+FINETUNE_GPUS = 0 if config["device"] == "cpu" else config["gpus_per_job"]  # fine-tunes and extractions
 SMALL_MEM_MB, PROXY_MEM_MB, BIG_MEM_MB = 2000, 16000, 64000
 SHORT_MINUTES, PROXY_MINUTES, LONG_MINUTES = 15, 120, 1440
 # Cluster scheduling: the steps that only move small files run in the head process (localrules

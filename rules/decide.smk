@@ -48,7 +48,7 @@ rule refresh_features:
     threads: JOB_THREADS
     resources:
         # Re-evaluated once decision.json exists: a pass-through round asks for no GPU.
-        gpu=lambda w, input: GPUS if refresh_requested(input) else 0,
+        gpu=lambda w, input: FINETUNE_GPUS if refresh_requested(input) else 0,
         mem_mb=lambda w, input: BIG_MEM_MB if refresh_requested(input) else SMALL_MEM_MB,
         runtime=lambda w, input: LONG_MINUTES if refresh_requested(input) else SHORT_MINUTES,
     priority: SELECTION_PRIORITY
@@ -59,7 +59,7 @@ rule refresh_features:
     conda:
         CONDA_ENV
     shell:
-        "asvp --log {log} --threads {threads} refresh-features --config-json {params.cfg} --decision {input.decision} "
+        "asvp --log {log} --threads {threads} --gpus {resources.gpu} refresh-features --config-json {params.cfg} --decision {input.decision} "
         "--pool {input.pool} --test {input.test} --labelled {input.labelled} "
         "--previous-features {input.previous} --seed {wildcards.seed} --round {wildcards.r} "
         "--cache-dir {params.cache} --out {output}"

@@ -20,7 +20,7 @@ rule evaluate:
         share=share_model_flag,
     threads: JOB_THREADS
     resources:
-        gpu=GPUS,
+        gpu=FINETUNE_GPUS,
         mem_mb=BIG_MEM_MB,
         runtime=LONG_MINUTES,
     log:
@@ -30,7 +30,7 @@ rule evaluate:
     conda:
         CONDA_ENV
     shell:
-        "asvp --log {log} --threads {threads} evaluate --config-json {params.cfg} --recipe {params.recipe} "
+        "asvp --log {log} --threads {threads} --gpus {resources.gpu} evaluate --config-json {params.cfg} --recipe {params.recipe} "
         "{params.decision} --pool {input.pool} --labelled {input.labelled} --test {input.test} "
         "--seed {wildcards.seed} --round {wildcards.r} --cache-dir {params.cache} {params.share} --out {output.metrics}"
 
@@ -52,7 +52,7 @@ rule finetune_standard:
         share=share_model_flag,
     threads: JOB_THREADS
     resources:
-        gpu=GPUS,
+        gpu=FINETUNE_GPUS,
         mem_mb=BIG_MEM_MB,
         runtime=LONG_MINUTES,
     priority: SELECTION_PRIORITY
@@ -63,7 +63,7 @@ rule finetune_standard:
     conda:
         CONDA_ENV
     shell:
-        "asvp --log {log} --threads {threads} evaluate --config-json {params.cfg} --recipe {params.recipe} "
+        "asvp --log {log} --threads {threads} --gpus {resources.gpu} evaluate --config-json {params.cfg} --recipe {params.recipe} "
         "--pool {input.pool} --labelled {input.labelled} --test {input.test} --seed {wildcards.seed} "
         "--round {wildcards.r} --cache-dir {params.cache} {params.share} --model-out {output.model} "
         "--out {output.metrics}"

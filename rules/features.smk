@@ -33,7 +33,7 @@ rule extract_pretrained:
         cfg=cfg_json("data", "backbone", "features", "device"),
     threads: 2
     resources:
-        gpu=GPUS,
+        gpu=FINETUNE_GPUS,
         mem_mb=BIG_MEM_MB,
         runtime=LONG_MINUTES,
     # Every proxy method's chain waits on it: ahead of the selection chains, or standard AL's
@@ -46,5 +46,5 @@ rule extract_pretrained:
     conda:
         CONDA_ENV
     shell:
-        "asvp --log {log} --threads {threads} extract --config-json {params.cfg} --pool {input.pool} "
+        "asvp --log {log} --threads {threads} --gpus {resources.gpu} extract --config-json {params.cfg} --pool {input.pool} "
         "--test {input.test} --out {output}"

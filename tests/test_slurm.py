@@ -35,7 +35,7 @@ def _rule_of(args: list[str]) -> str:
 
 def test_submissions_through_the_slurm_plugin(tmp_path: Path, real_fashion_mnist: Path, default_weights: Path) -> None:
     override = tmp_path / "cluster.yaml"
-    override.write_text("methods: [svpp, asvp]\ndevice: auto\nschedule:\n  budgets: [20, 20]\nevaluation:\n  at: [40]\n")
+    override.write_text("methods: [svpp, asvp]\ndevice: auto\ngpus_per_job: 2\nschedule:\n  budgets: [20, 20]\nevaluation:\n  at: [40]\n")
     workdir = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
@@ -61,14 +61,15 @@ def test_submissions_through_the_slurm_plugin(tmp_path: Path, real_fashion_mnist
     # The proxy steps of a round are one submission per run, on the CPU partition.
     assert len(by_rule["proxy_round_select_proxy_train_proxy"]) == 2
     assert all(partition(a) == "cpu" and not gpus(a) for a in by_rule["proxy_round_select_proxy_train_proxy"])
-    assert all(partition(a) == "gpu" and gpus(a) == ["--gpus=1"] for r in ("extract_pretrained", "evaluate") for a in by_rule[r])
+    # Fine-tunes and extractions ask for gpus_per_job GPUs (and use them all: asvp.distributed).
+    assert all(partition(a) == "gpu" and gpus(a) == ["--gpus=2"] for r in ("extract_pretrained", "evaluate") for a in by_rule[r])
     # A GPU for a refresh only where the round's decision refreshes (round 1 here, not round 0).
     refreshes = {a[a.index("--comment") + 1].rsplit("_", 1)[1]: a for a in by_rule["refresh_features"]}
     decisions = {r: json.loads((workdir / f"results/tiny/asvp/margin/seed0/round{r}/decision.json").read_text())
                  for r in refreshes}
     for r, args in refreshes.items():
         wants = decisions[r]["refresh_features"]
-        assert (partition(args), gpus(args)) == (("gpu", ["--gpus=1"]) if wants else ("cpu", [])), (r, args)
+        assert (partition(args), gpus(args)) == (("gpu", ["--gpus=2"]) if wants else ("cpu", [])), (r, args)
     assert {decisions[r]["refresh_features"] for r in refreshes} == {True, False}
     summary = pd.read_csv(workdir / "results/tiny/summary.csv")
     assert sorted(summary["method"]) == ["asvp", "svpp"]

@@ -122,6 +122,17 @@ def refresh_requested(decision_path: str) -> bool:
     return bool(read_json(decision_path)["refresh_features"])
 
 
+def _job_processes(config: dict[str, Any], gpus: int) -> int:
+    """Data-parallel processes for this job: one per GPU it was given, when it runs on CUDA."""
+    from asvp import distributed
+    from asvp.rounds import resolve_device
+
+    processes = distributed.job_processes(resolve_device(config["device"]), gpus)
+    if processes > 1:
+        print(f"data-parallel over {processes} GPUs (gpus_per_job)")
+    return processes
+
+
 def run_command(args: argparse.Namespace) -> None:
     """Dispatch one parsed command to the library (imports are local: `--help` stays fast)."""
     if run_torch_free(args):
@@ -132,7 +143,9 @@ def run_command(args: argparse.Namespace) -> None:
     if args.command == "define-pool":
         rounds.define_pool(_config(args), args.pool, args.test, args.info)
     elif args.command == "extract":
-        rounds.extract(_config(args), args.pool, args.test, args.out, model_path=args.model)
+        config = _config(args)
+        rounds.extract(config, args.pool, args.test, args.out, model_path=args.model,
+                       processes=_job_processes(config, args.gpus))
     elif args.command == "train-proxy":
         config = _config(args)
         expected = rounds.features_identity(config) if "backbone" in config and "data" in config else None
@@ -155,6 +168,7 @@ def run_command(args: argparse.Namespace) -> None:
         refreshed = evaluation.refresh_features(
             _config(args), args.decision, args.pool, args.test, args.labelled, args.previous_features, args.seed,
             args.out, cache_dir=args.cache_dir, round_index=args.round,
+            processes=_job_processes(_config(args), args.gpus),
         )
         print("refreshed" if refreshed else "kept (linked to the previous features)")
     elif args.command == "evaluate":
@@ -164,6 +178,7 @@ def run_command(args: argparse.Namespace) -> None:
         metrics = evaluation.finetune_and_evaluate(
             _config(args), recipe, args.pool, args.labelled, args.test, args.seed, args.out,
             cache_dir=args.cache_dir, model_out=args.model_out, share_model=args.share_model, round_index=args.round,
+            processes=_job_processes(_config(args), args.gpus),
         )
         print(f"{recipe} accuracy {metrics['accuracy']:.4f} ({metrics['status']})")
     else:  # pragma: no cover - argparse rejects unknown commands
@@ -173,6 +188,9 @@ def run_command(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asvp", description="asvp-flow steps, called by the Snakemake rules")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (rules pass {threads})")
+    parser.add_argument("--gpus", type=int, default=0,
+                        help="GPUs the job was given (rules pass {resources.gpu}): a fine-tune or extraction on CUDA "
+                             "runs one data-parallel process per GPU")
     parser.add_argument("--log", default=None, help="write the output to this log and append it to <log>.attempts")
     sub = parser.add_subparsers(dest="command", required=True)
 

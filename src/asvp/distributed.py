@@ -55,6 +55,51 @@ def backend_for(device: torch.device | str, world_size: int) -> str:
     return "nccl"
 
 
+def job_processes(device: torch.device, gpus: int) -> int:
+    """How many processes a fine-tune or an extraction job runs: one per GPU it was given.
+
+    `gpus` is the job's `gpu` resource (config `gpus_per_job`). On the CPU a job runs one
+    process whatever it asked for: gloo processes would only share the same cores. A job given
+    more GPUs than it can see stops before training, with the fix, instead of silently using fewer.
+    """
+    if device.type != "cuda" or gpus <= 1:
+        return 1
+    visible = torch.cuda.device_count()
+    if gpus > visible:
+        raise ConfigError(f"this job was given gpu={gpus} (gpus_per_job) but sees {visible} GPU(s) "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+                          f"lower gpus_per_job to at most {visible} or ask the scheduler for {gpus} GPUs")
+    return gpus
+
+
+def pin_least_loaded_gpus(count: int) -> list[int]:
+    """Make the `count` visible GPUs with the most free memory the spawned ranks' cuda:0..count-1.
+
+    Several multi-GPU jobs side by side on one machine (profiles/local-gpu) would otherwise all
+    start their ranks on cuda:0..count-1. Ranks are spawned, so they read CUDA_VISIBLE_DEVICES
+    afresh; under SLURM the variable already lists the job's own GPUs and this picks among them.
+    Returns the chosen indices, in the numbering this process sees.
+    """
+    visible = torch.cuda.device_count()
+    if count >= visible:
+        return list(range(visible))
+    free = [torch.cuda.mem_get_info(index)[0] for index in range(visible)]
+    chosen = sorted(sorted(range(visible), key=lambda index: -free[index])[:count])
+    names = _VISIBLE_AT_START.setdefault("names", _visible_names(visible))
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(names[index] for index in chosen)
+    return chosen
+
+
+# This process's own GPU numbering is fixed when CUDA starts; the variable is rewritten for the
+# ranks of each launch (a refresh launches twice), so the names are read from its first value.
+_VISIBLE_AT_START: dict[str, list[str]] = {}
+
+
+def _visible_names(visible: int) -> list[str]:
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return [name.strip() for name in listed.split(",")] if listed else [str(index) for index in range(visible)]
+
+
 def require_world_size(world_size: int) -> None:
     if not isinstance(world_size, int) or world_size < 1:
         raise ConfigError(f"world_size must be a whole number of processes, at least 1; got {world_size!r}")
@@ -74,6 +119,8 @@ def launch(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | N
         return fn(0, 1, *args)
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() and world_size <= torch.cuda.device_count() else "gloo"
+    if backend == "nccl":
+        pin_least_loaded_gpus(world_size)
     # The ranks share the cores this process was given, as one process would have used them.
     threads = max(1, torch.get_num_threads() // world_size)
     # Plain pickle, not torch.multiprocessing's: that one moves every tensor into shared memory,

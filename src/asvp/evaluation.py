@@ -103,7 +103,7 @@ def divergence(history: list[dict[str, Any]], accuracy: float, num_classes: int)
 
 
 def _train_model(config: dict[str, Any], recipe_kind: str, pool_csv: str | Path, labelled: Any, seed: int,
-                 checkpoint: Path) -> tuple[Classifier, list[dict[str, Any]], int]:
+                 checkpoint: Path, processes: int = 1) -> tuple[Classifier, list[dict[str, Any]], int]:
     """Fine-tune the pre-trained backbone (re-initialised every time) on the labelled set."""
     pool = read_split_table(pool_csv)
     rows = labelled["pool_index"].to_numpy()
@@ -125,6 +125,7 @@ def _train_model(config: dict[str, Any], recipe_kind: str, pool_csv: str | Path,
         fingerprint=recipe_fingerprint(recipe, seed, checkpoint.stem),
         num_workers=config["data"]["num_workers"],
         checkpoint_seconds=config["finetune"]["checkpoint_seconds"],
+        world_size=processes,
     )
     return model, history, num_classes
 
@@ -161,6 +162,7 @@ def finetune_and_evaluate(
     model_out: str | Path | None = None,
     share_model: bool = False,
     round_index: int | None = None,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """One evaluated fine-tune: reuse the cached result for this key, or train and test once.
 
@@ -168,6 +170,9 @@ def finetune_and_evaluate(
     divergence verdict. `model_out` is written only when asked (a later step reads it).
     `share_model` keeps the model in the cache too, for a fine-tune another job will want the
     model of (round 0, when standard AL selects round 1 with it).
+    `processes` > 1 trains data-parallel, one process per GPU of the job. The result equals a
+    single process's up to float rounding, so it shares the cache key; the metrics record it
+    and the cost model charges its GPU seconds (train_seconds x processes).
     """
     pool = read_split_table(pool_csv)
     labelled = read_labelled(labelled_csv, len(pool))
@@ -184,7 +189,7 @@ def finetune_and_evaluate(
         else:
             started = time.perf_counter()
             model, history, num_classes = _train_model(config, recipe_kind, pool_csv, labelled, seed,
-                                                       cache_dir / f"{key}.ckpt")
+                                                       cache_dir / f"{key}.ckpt", processes)
             trained = time.perf_counter()
             accuracy, class_accuracy = test_accuracy(config, model, test_csv)
             reasons = divergence(history, accuracy, num_classes)
@@ -206,6 +211,7 @@ def finetune_and_evaluate(
                 # the cost model charges each key once, at these figures (this session's part only
                 # when a killed fine-tune resumed from its checkpoint).
                 "train_seconds": trained - started,
+                "processes": processes,
                 "test_seconds": time.perf_counter() - trained,
                 "reused": False,
             }
@@ -282,6 +288,7 @@ def refresh_features(
     *,
     cache_dir: str | Path,
     round_index: int | None = None,
+    processes: int = 1,
 ) -> bool:
     """Apply a round's decision: fine-tune + re-extract when it says refresh, else link.
 
@@ -300,8 +307,8 @@ def refresh_features(
     if not model_path.exists():
         metrics_out = Path(out).with_name("refresh_finetune.json")  # its loss curve and test accuracy, for the record
         finetune_and_evaluate(config, "ft", pool_csv, labelled_csv, test_csv, seed, metrics_out, cache_dir=cache_dir,
-                              model_out=model_path, round_index=round_index)
-    extract(config, pool_csv, test_csv, out, model_path=model_path)
+                              model_out=model_path, round_index=round_index, processes=processes)
+    extract(config, pool_csv, test_csv, out, model_path=model_path, processes=processes)
     if not config["evaluation"]["keep_models"]:
         model_path.unlink()
     return True

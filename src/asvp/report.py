@@ -57,10 +57,14 @@ def _finetune_columns(prefix: str, path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     record = read_json(path)
+    # Device seconds, what the cost model charges: a fine-tune on 4 GPUs (gpus_per_job) costs
+    # 4 GPU hours per hour of wall time. The test pass runs in the parent process, on one device.
+    processes = int(record.get("processes", 1))
     return {
         f"{prefix}_key": record.get("finetune_key"),
         f"{prefix}_reused": bool(record.get("reused", False)),
-        f"{prefix}_train_seconds": record.get("train_seconds", math.nan),
+        f"{prefix}_processes": processes,
+        f"{prefix}_train_seconds": record.get("train_seconds", math.nan) * processes,
         f"{prefix}_test_seconds": record.get("test_seconds", math.nan),
         f"{prefix}_method": record.get("train_method"),
     }

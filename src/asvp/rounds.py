@@ -124,9 +124,13 @@ def _dataset(config: dict[str, Any], split: str, source_indices: np.ndarray, tra
 
 # --------------------------------------------------------------------------- features
 def extract(
-    config: dict[str, Any], pool_csv: str | Path, test_csv: str | Path, out: str | Path, *, model_path: str | Path | None = None
+    config: dict[str, Any], pool_csv: str | Path, test_csv: str | Path, out: str | Path, *,
+    model_path: str | Path | None = None, processes: int = 1,
 ) -> None:
-    """Write features of the pool and test images: pre-trained backbone, or a fine-tuned one."""
+    """Write features of the pool and test images: pre-trained backbone, or a fine-tuned one.
+
+    processes > 1: one per GPU of the job (asvp.distributed.job_processes), sharing each chunk.
+    """
     data = config["data"]
     if model_path is None:
         backbone, checkpoint = _pretrained_backbone(config)
@@ -167,6 +171,7 @@ def extract(
         num_workers=data["num_workers"],
         device=resolve_device(config["device"]),
         crash_name="extract_chunk" if model_path is None else "refresh_chunk",
+        world_size=processes,
     )
 
 
