@@ -170,3 +170,14 @@ def test_round_tables_cover_every_round_with_decisions_and_class_counts_by_name(
     assert decisions["difference"].isna().tolist() == [True, False]
     counts = pd.read_csv(out["counts"])
     assert counts[["cat", "dog", "owl"]].to_numpy().tolist() == [[1, 1, 0], [1, 2, 1]]
+
+
+def test_a_fine_tune_on_several_gpus_is_charged_its_gpu_seconds(tmp_path: Path) -> None:
+    from asvp.report import _finetune_columns
+
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"finetune_key": "k", "train_seconds": 100.0, "test_seconds": 5.0, "processes": 4}))
+    columns = _finetune_columns("eval", metrics)
+    assert (columns["eval_processes"], columns["eval_train_seconds"], columns["eval_test_seconds"]) == (4, 400.0, 5.0)
+    metrics.write_text(json.dumps({"finetune_key": "k", "train_seconds": 100.0, "test_seconds": 5.0}))  # before gpus_per_job
+    assert _finetune_columns("eval", metrics)["eval_train_seconds"] == 100.0
