@@ -14,10 +14,16 @@ import errno
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from asvp.errors import AsvpError
+
+
+# Where a step's time goes, printed at its end (benchmarks/round_overhead.py reads it from the
+# logs): the job's wall time minus the step is interpreter start-up and importing this CLI.
+STEP_CLOCK: dict[str, float] = {}
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
@@ -30,9 +36,11 @@ def _torch_threads(threads: int | None) -> None:
     `import torch` alone costs 3-5 s on a busy 2-core machine: more than the whole work of
     `label`, `decide` or a pass-through `refresh-features`, so those never get here.
     """
-    if threads:
-        import torch
+    started = time.perf_counter()
+    import torch
 
+    STEP_CLOCK["import_torch"] = time.perf_counter() - started
+    if threads:
         torch.set_num_threads(threads)
 
 
@@ -334,8 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
     try:
         run_command(args)
+        print(f"asvp {args.command}: {time.perf_counter() - started:.3f} s in the step, "
+              f"{STEP_CLOCK.get('import_torch', 0.0):.3f} s of it importing torch", file=sys.stderr)
     except AsvpError as exc:
         print(f"asvp {args.command}: error: {exc}", file=sys.stderr)
         return 2
