@@ -330,6 +330,9 @@ def test_an_evaluate_job_given_two_gpus_fine_tunes_in_two_processes_to_the_one_p
     A small backbone lr: at 12 images and 32 px, MobileNetV2's train-mode BatchNorm over 8-image
     batches amplifies rounding, so that one process on 1 or on 2 threads already differs by 0.2 %
     in the second epoch's loss at lr 1e-4 (1e-6 at lr 1e-5; measured with the same fine-tune).
+    Three steps on 12 images leave the model near chance (the divergence guard says so in both
+    runs): this checks that the job is data-parallel and equal to one process, not that it learns
+    (tests/test_convergence.py does that).
     """
     import json
 
@@ -366,3 +369,4 @@ def test_an_evaluate_job_given_two_gpus_fine_tunes_in_two_processes_to_the_one_p
     np.testing.assert_allclose([e["loss"] for e in parallel["loss_curve"]], [e["loss"] for e in single["loss_curve"]],
                                rtol=1e-4)
     assert abs(parallel["accuracy"] - single["accuracy"]) <= 1 / 20  # at most one test image flips on rounding
+    assert parallel["status"] == single["status"]
