@@ -201,3 +201,30 @@ def test_the_numpy_scoring_pass_matches_the_torch_proxy(tmp_path: Path) -> None:
                                                               rows, batch_size=4)])
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
     assert got.dtype == np.float32 and got.shape == (6, 3)
+
+
+def test_consecutive_rows_are_read_as_a_slice_with_the_same_outputs_as_a_gather(tmp_path: Path) -> None:
+    """The whole pool in order takes the slice path; the same rows gathered give the same bits."""
+    from asvp.proxy import save_weights
+    from asvp.proxy_scoring import load_weights, proxy_chunks
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 8)).astype(np.float16)
+    model = train_proxy(x[:20].astype(np.float32), np.arange(20) % 3, 3, ProxyRecipe(epochs=3, batch_size=8), seed=0)
+    save_weights(model, tmp_path / "proxy.npz")
+    weights = load_weights(tmp_path / "proxy.npz")
+    consecutive = np.arange(5, 37)
+    shuffled = rng.permutation(consecutive)
+    outputs = {}
+    for name, rows in (("slice", consecutive), ("gather", shuffled)):
+        chunks = list(proxy_chunks(weights, x, rows, batch_size=32))
+        assert len(chunks) == 1
+        _, probabilities, hidden = chunks[0]
+        order = np.argsort(rows)
+        outputs[name] = (probabilities[order], hidden[order])
+    np.testing.assert_array_equal(outputs["slice"][0], outputs["gather"][0])
+    np.testing.assert_array_equal(outputs["slice"][1], outputs["gather"][1])
+    from asvp.proxy_scoring import _read_chunk
+
+    same_ends = np.array([0, 2, 1, 3])  # first-to-last spans 4 rows, but not in order
+    np.testing.assert_array_equal(_read_chunk(x, same_ends), x[same_ends].astype(np.float32))

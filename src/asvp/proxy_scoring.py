@@ -36,6 +36,17 @@ def _folded(weights: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.
     return w1, b1, weights["classifier_weight"].T.astype(np.float32), weights["classifier_bias"]
 
 
+def _read_chunk(features: Any, chunk: np.ndarray) -> np.ndarray:
+    """features[chunk] as float32: a slice when the rows are consecutive (the whole pool, in
+    order: no gather), else one gather in increasing order (h5py wants increasing indices)."""
+    if len(chunk) and chunk[-1] - chunk[0] + 1 == len(chunk) and np.all(np.diff(chunk) == 1):
+        return np.asarray(features[int(chunk[0]) : int(chunk[-1]) + 1], dtype=np.float32)
+    order = np.argsort(chunk)
+    x = np.empty((len(chunk), features.shape[1]), dtype=np.float32)
+    x[order] = np.asarray(features[chunk[order]], dtype=np.float32)
+    return x
+
+
 def proxy_chunks(weights: dict[str, np.ndarray], features: Any, rows: np.ndarray,
                  batch_size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """(start, probabilities (n, C) float32, hidden (n, H) float32) for consecutive chunks of
@@ -45,13 +56,15 @@ def proxy_chunks(weights: dict[str, np.ndarray], features: Any, rows: np.ndarray
     w1, b1, w2, b2 = _folded(weights)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        order = np.argsort(chunk)
-        x = np.empty((len(chunk), w1.shape[0]), dtype=np.float32)
-        x[order] = np.asarray(features[chunk[order]], dtype=np.float32)  # h5py wants increasing indices
+        x = _read_chunk(features, chunk)
         if not np.isfinite(x).all():
             raise DataError("pool features contain NaN or Inf; re-extract the features (delete the file and rerun)")
-        hidden = np.maximum(x @ w1 + b1, 0)
-        logits = hidden @ w2 + b2
+        # In place after each product: every (n, H) or (n, C) temporary costs a pass over memory.
+        hidden = x @ w1
+        hidden += b1
+        np.maximum(hidden, 0, out=hidden)
+        logits = hidden @ w2
+        logits += b2
         logits -= logits.max(axis=1, keepdims=True)
         np.exp(logits, out=logits)  # in place: at 1000 classes each (n, C) copy costs as much as the exp
         logits /= logits.sum(axis=1, keepdims=True)
