@@ -37,8 +37,10 @@ def _folded(weights: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def _read_chunk(features: Any, chunk: np.ndarray) -> np.ndarray:
-    """features[chunk] as float32: a slice when the rows are consecutive (the whole pool, in
-    order: no gather), else one gather in increasing order (h5py wants increasing indices)."""
+    """features[chunk] as float32: a slice when the rows are consecutive (the whole pool in
+    order: no gather copy), else one gather in increasing order (h5py wants increasing indices).
+    Reading the span of dense unlabelled rows and picking in memory was no faster than h5py's
+    own gather (0.24 vs 0.20 s for 98k of 100k rows x 512 float16, measured)."""
     if len(chunk) and chunk[-1] - chunk[0] + 1 == len(chunk) and np.all(np.diff(chunk) == 1):
         return np.asarray(features[int(chunk[0]) : int(chunk[-1]) + 1], dtype=np.float32)
     order = np.argsort(chunk)
