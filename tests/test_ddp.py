@@ -314,12 +314,13 @@ def test_the_ranks_of_a_launch_get_the_gpus_with_the_most_free_memory(monkeypatc
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index: (free[index] << 30, 80 << 30))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")  # the scheduler's numbering: this job's own four
-    monkeypatch.setattr(distributed, "_VISIBLE_AT_START", {})
+    distributed._visible_names_at_start.cache_clear()
     assert distributed.pin_least_loaded_gpus(2) == [1, 3]
     assert torch.cuda.device_count() == 4 and distributed.os.environ["CUDA_VISIBLE_DEVICES"] == "5,7"
     free.update({1: 2, 2: 50})  # a second launch in the same job (a refresh: fine-tune, then extraction)
     assert distributed.pin_least_loaded_gpus(2) == [2, 3]
     assert distributed.os.environ["CUDA_VISIBLE_DEVICES"] == "6,7"  # named from the job's first list
+    distributed._visible_names_at_start.cache_clear()
 
 
 def test_an_evaluate_job_given_two_gpus_fine_tunes_in_two_processes_to_the_one_process_result(

@@ -173,20 +173,21 @@ def run_command(args: argparse.Namespace) -> None:
     elif args.command == "refresh-features":
         from asvp import evaluation
 
+        config = _config(args)
         refreshed = evaluation.refresh_features(
-            _config(args), args.decision, args.pool, args.test, args.labelled, args.previous_features, args.seed,
-            args.out, cache_dir=args.cache_dir, round_index=args.round,
-            processes=_job_processes(_config(args), args.gpus),
+            config, args.decision, args.pool, args.test, args.labelled, args.previous_features, args.seed,
+            args.out, cache_dir=args.cache_dir, round_index=args.round, processes=_job_processes(config, args.gpus),
         )
         print("refreshed" if refreshed else "kept (linked to the previous features)")
     elif args.command == "evaluate":
         from asvp import evaluation
 
         recipe = evaluation.recipe_for(args.recipe, args.decision)
+        config = _config(args)
         metrics = evaluation.finetune_and_evaluate(
-            _config(args), recipe, args.pool, args.labelled, args.test, args.seed, args.out,
+            config, recipe, args.pool, args.labelled, args.test, args.seed, args.out,
             cache_dir=args.cache_dir, model_out=args.model_out, share_model=args.share_model, round_index=args.round,
-            processes=_job_processes(_config(args), args.gpus),
+            processes=_job_processes(config, args.gpus),
         )
         print(f"{recipe} accuracy {metrics['accuracy']:.4f} ({metrics['status']})")
     else:  # pragma: no cover - argparse rejects unknown commands

@@ -18,6 +18,7 @@ Why results match a single process:
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import socket
@@ -72,6 +73,12 @@ def job_processes(device: torch.device, gpus: int) -> int:
     return gpus
 
 
+def gpus_by_free_memory() -> list[int]:
+    """Visible GPU indices, most free memory first (ties: lowest index first)."""
+    free = [torch.cuda.mem_get_info(index)[0] for index in range(torch.cuda.device_count())]
+    return sorted(range(len(free)), key=lambda index: -free[index])
+
+
 def pin_least_loaded_gpus(count: int) -> list[int]:
     """Make the `count` visible GPUs with the most free memory the spawned ranks' cuda:0..count-1.
 
@@ -83,21 +90,18 @@ def pin_least_loaded_gpus(count: int) -> list[int]:
     visible = torch.cuda.device_count()
     if count >= visible:
         return list(range(visible))
-    free = [torch.cuda.mem_get_info(index)[0] for index in range(visible)]
-    chosen = sorted(sorted(range(visible), key=lambda index: -free[index])[:count])
-    names = _VISIBLE_AT_START.setdefault("names", _visible_names(visible))
+    chosen = sorted(gpus_by_free_memory()[:count])
+    names = _visible_names_at_start(visible)
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(names[index] for index in chosen)
     return chosen
 
 
-# This process's own GPU numbering is fixed when CUDA starts; the variable is rewritten for the
-# ranks of each launch (a refresh launches twice), so the names are read from its first value.
-_VISIBLE_AT_START: dict[str, list[str]] = {}
-
-
-def _visible_names(visible: int) -> list[str]:
+@functools.cache
+def _visible_names_at_start(visible: int) -> tuple[str, ...]:
+    """The GPU names behind this process's numbering, fixed when CUDA starts: read once, since
+    the variable is rewritten for the ranks of each launch (a refresh launches twice)."""
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return [name.strip() for name in listed.split(",")] if listed else [str(index) for index in range(visible)]
+    return tuple(name.strip() for name in listed.split(",")) if listed else tuple(str(index) for index in range(visible))
 
 
 def require_world_size(world_size: int) -> None:

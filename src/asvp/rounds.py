@@ -39,10 +39,10 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
     if name in ("auto", "cuda"):
-        count = torch.cuda.device_count()
-        if count > 1:
-            free = [torch.cuda.mem_get_info(k)[0] for k in range(count)]
-            return torch.device(f"cuda:{int(np.argmax(free))}")
+        if torch.cuda.device_count() > 1:
+            from asvp.distributed import gpus_by_free_memory
+
+            return torch.device(f"cuda:{gpus_by_free_memory()[0]}")
         return torch.device("cuda")
     return torch.device(name)
 
