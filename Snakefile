@@ -2,11 +2,13 @@
 #
 # Reads like the paper's Figure 10. For each method, strategy and seed:
 #   round 0    select_initial (seeded random) -> label
-#   round r>0  [svpp/asvp]      train_proxy on round r-1's features -> select_proxy -> label
-#              [standard]       select_standard with round r-1's fine-tuned model  -> label
-#              [random]         select_random                                      -> label
+#   round r>0  [svpp/asvp]      select_proxy: train the proxy on round r-1's features, score -> label
+#              [standard]       select_standard with round r-1's fine-tuned model          -> label
+#              [random]         select_random                                              -> label
 #   [asvp] after every round    decide (PED + LogME) -> refresh_features (fine-tune and
 #                               re-extract, or link the previous version)
+#   With the simulated oracle, labelling (and ASVP's decision after round 0: select_proxy_decide)
+#   runs inside the selection job: few jobs per round (rules/common.smk, FUSED_ROUND).
 #   evaluation points           evaluate: fine-tune (FT or LP-FT; ASVP: as decided), test accuracy
 #                               (evaluation.at; standard fine-tunes and tests every round)
 # then summarize -> results/{experiment}/summary.csv.
@@ -29,7 +31,6 @@ report: "rules/captions/workflow.rst"
 include: "rules/common.smk"
 include: "rules/features.smk"
 include: "rules/select.smk"
-include: "rules/proxy.smk"
 include: "rules/decide.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
@@ -43,7 +44,6 @@ localrules:
     select_initial,
     select_random,
     request_labels,
-    label,
     decide,
     summarize,
     report_figures,

@@ -1,16 +1,16 @@
 """Round overhead benchmark (issue 11): where a selection round's wall time goes.
 
-A round of a proxy method is a chain of small jobs (svpp: train_proxy, select_proxy, label; asvp
-adds decide and refresh_features). This runs that chain for real on Fashion-MNIST (the embedded
-default data), one method at a time on one core so that nothing overlaps, and splits each
-round's wall time (from one round's labelled.csv to the next one's) into
+A round of a proxy method is one job of several steps (svpp: train-proxy, select, label in
+select_proxy; asvp adds decide in select_proxy_decide, then its own refresh_features job), each
+step an `asvp` process. This runs that chain for real on Fashion-MNIST (the embedded default
+data), one method at a time on one core so that nothing overlaps, and splits each round's wall
+time (from one round's labelled.csv to the next one's) into
 
-  * in the step: the library's own work, from the CLI's `asvp <cmd>: X s in the step` log line
-    (`import torch` is counted apart: it is paid by every job that uses torch);
-  * job start-up: the job's wall time (its benchmark file) minus the step: the interpreter,
-    importing the CLI and the shell;
-  * scheduling: the round's wall time minus its jobs' wall times: Snakemake noticing a job
-    ended, updating the DAG, starting the next job.
+  * in the steps: the library's own work, from the CLI's `asvp <cmd>: X s in the step` log lines
+    (`import torch` is counted apart: it is paid by every step that uses torch);
+  * outside the steps: the round's wall time minus its steps: every step's interpreter start-up
+    and import of the CLI, the shell, and Snakemake noticing a job ended, updating the DAG and
+    starting the next job.
 
     python benchmarks/round_overhead.py                       # 8 rounds of svpp and asvp, prints the table
     python benchmarks/round_overhead.py --rounds 12 --out BENCHMARKS.md
@@ -34,8 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parent.parent
-AFTER_LABELS = ("decide", "refresh_features")
-STEP_LINE = re.compile(r"^asvp \S+: ([0-9.]+) s in the step, ([0-9.]+) s of it importing torch$", re.M)
+# Steps that run after a round's labelled.csv is written: they belong to the next round's interval.
+AFTER_LABELS = ("decide", "refresh-features")
+STEP_LINE = re.compile(r"^asvp (\S+): ([0-9.]+) s in the step, ([0-9.]+) s of it importing torch$", re.M)
 
 
 @dataclass
@@ -44,17 +45,13 @@ class RoundSplit:
     round: int
     wall: float  # from the previous round's labelled.csv to this round's
     jobs: int
-    job_wall: float  # sum of the round's job wall times (benchmark files)
+    steps: int  # asvp processes
     step: float  # sum of in-step seconds, import torch excluded
     import_torch: float
 
     @property
-    def startup(self) -> float:
-        return self.job_wall - self.step - self.import_torch
-
-    @property
-    def scheduling(self) -> float:
-        return self.wall - self.job_wall
+    def outside(self) -> float:
+        return self.wall - self.step - self.import_torch
 
 
 def write_config(folder: Path, method: str, rounds: int, budget: int, pool: int) -> Path:
@@ -79,19 +76,14 @@ def write_config(folder: Path, method: str, rounds: int, budget: int, pool: int)
     return path
 
 
-def job_seconds(benchmark: Path) -> float:
-    """The `s` column of a Snakemake benchmark file."""
-    header, values = benchmark.read_text().splitlines()[:2]
-    return float(dict(zip(header.split("\t"), values.split("\t")))["s"])
-
-
-def step_seconds(log: Path) -> tuple[float, float]:
-    """(in-step seconds without import torch, import torch seconds) from a job's log."""
-    match = STEP_LINE.search(log.read_text())
-    if match is None:
+def step_seconds(log: Path) -> list[tuple[str, float, float]]:
+    """(command, in-step seconds without import torch, import torch seconds) of every step in a
+    job's log, in order."""
+    steps = [(m.group(1), float(m.group(2)) - float(m.group(3)), float(m.group(3)))
+             for m in STEP_LINE.finditer(log.read_text())]
+    if not steps:
         raise RuntimeError(f"{log}: no 'in the step' line (a step that failed?)")
-    total, torch_import = float(match.group(1)), float(match.group(2))
-    return total - torch_import, torch_import
+    return steps
 
 
 def measure(method: str, rounds: int, budget: int, pool: int, folder: Path) -> list[RoundSplit]:
@@ -110,12 +102,14 @@ def measure(method: str, rounds: int, budget: int, pool: int, folder: Path) -> l
         wall = (here / "labelled.csv").stat().st_mtime - (before / "labelled.csv").stat().st_mtime
         # The decision on round r-1's labels (and the refresh it asks for) runs after that round's
         # labelled.csv, so it belongs to this interval.
-        benchmarks = sorted(b for b in (here / "benchmarks").glob("*.tsv") if b.stem not in AFTER_LABELS)
-        benchmarks += sorted(b for b in (before / "benchmarks").glob("*.tsv") if b.stem in AFTER_LABELS)
-        logs = [b.parent.parent / "logs" / f"{b.stem}.log" for b in benchmarks]
-        steps = [step_seconds(log) for log in logs]
-        splits.append(RoundSplit(method, r, wall, len(benchmarks), sum(job_seconds(b) for b in benchmarks),
-                                 sum(s for s, _ in steps), sum(t for _, t in steps)))
+        steps = [s for s in step_seconds(here / "logs" / "select.log") if s[0] not in AFTER_LABELS]
+        steps += [s for s in step_seconds(before / "logs" / "select.log") if s[0] in AFTER_LABELS]
+        jobs = 1
+        if (before / "logs" / "refresh_features.log").exists():
+            steps += step_seconds(before / "logs" / "refresh_features.log")
+            jobs += 1
+        splits.append(RoundSplit(method, r, wall, jobs, len(steps), sum(s for _, s, _ in steps),
+                                 sum(t for _, _, t in steps)))
     return splits
 
 
@@ -129,7 +123,7 @@ def table(splits: list[RoundSplit], args: argparse.Namespace) -> str:
         f"at 32 px, rounds of {args.budget} labels, one method at a time on `--cores 1`; mean over rounds "
         f"2..{args.rounds - 1}, seconds per round)",
         "",
-        "| method | jobs per round | round wall | in the steps | import torch | job start-up | scheduling | "
+        "| method | jobs per round | steps per round | round wall | in the steps | import torch | outside the steps | "
         "overhead share |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -142,9 +136,9 @@ def table(splits: list[RoundSplit], args: argparse.Namespace) -> str:
 
         wall, step = mean([s.wall for s in rows]), mean([s.step for s in rows])
         lines.append(
-            f"| {method} | {mean([s.jobs for s in rows]):.0f} | {wall:.2f} | {step:.2f} | "
-            f"{mean([s.import_torch for s in rows]):.2f} | {mean([s.startup for s in rows]):.2f} | "
-            f"{mean([s.scheduling for s in rows]):.2f} | {1 - step / wall:.0%} |"
+            f"| {method} | {mean([s.jobs for s in rows]):.0f} | {mean([s.steps for s in rows]):.0f} | {wall:.2f} | "
+            f"{step:.2f} | {mean([s.import_torch for s in rows]):.2f} | {mean([s.outside for s in rows]):.2f} | "
+            f"{1 - step / wall:.0%} |"
         )
     return "\n".join(lines) + "\n"
 

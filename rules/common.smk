@@ -59,11 +59,10 @@ FINETUNE_GPUS = 0 if config["device"] == "cpu" else config["gpus_per_job"]  # fi
 SMALL_MEM_MB, PROXY_MEM_MB, BIG_MEM_MB = 2000, 16000, 64000
 SHORT_MINUTES, PROXY_MINUTES, LONG_MINUTES = 15, 120, 1440
 # Cluster scheduling: the steps that only move small files run in the head process (localrules
-# in the Snakefile), and on a cluster the proxy steps of a round (train_proxy and select_proxy)
-# share the group "proxy_round" (profiles/slurm): one submission per round. refresh_features
-# stays its own job: each one reads the previous round's features, so in the group it would
-# chain every round into one group job around the local label/decide steps, which Snakemake
-# refuses; a pass-through asks for no GPU and 15 minutes.
+# in the Snakefile); a proxy method's round (train the proxy, select, label, ASVP's decision) is
+# one job (FUSED_ROUND below): one submission per round. refresh_features stays its own job, so
+# that it asks for a GPU only when the decision refreshes; a pass-through asks for no GPU and 15
+# minutes.
 
 # Every rule's software for `--sdm conda` (paths are relative to the rule files in rules/).
 CONDA_ENV = "../envs/cuda.yaml" if config["device"] == "cuda" else "../envs/cpu.yaml"
@@ -168,6 +167,65 @@ def runs():
 
 
 HUMAN_ORACLE = config["oracle"] == "human"
+# With the simulated oracle the job that selects a round's queries also labels them, and for
+# ASVP also decides (rounds after 0): one or two jobs per round instead of three to five, so that a
+# 900-round run plans in seconds and a cluster gets one submission per round (issue 11). A person
+# labels between selection and labelling, so with the human oracle those stay separate jobs.
+# Each step still records its own time (`asvp --timing`): the time model needs them apart.
+FUSED_ROUND = not HUMAN_ORACLE
+
+
+def fused_outputs(round_folder, decide=False):
+    """Extra outputs of a selection job that labels (and decides) too; none with people."""
+    if not FUSED_ROUND:
+        return {}
+    outputs = {"labelled": f"{round_folder}/labelled.csv"}
+    if decide:
+        outputs["decision"] = f"{round_folder}/decision.json"
+    return outputs
+
+
+def job_steps(*steps):
+    """One shell command that runs a job's steps in order (a step that does not apply is "")."""
+    return " && ".join(step for step in steps if step)
+
+
+def label_step(previous, round_field="{wildcards.r}"):
+    """A selection job's last step: label the batch just selected (the first labels, or on top of
+    the last round's); none with the human oracle, whose `label` rule runs it."""
+    if not FUSED_ROUND:
+        return ""
+    grow = "--previous {input.labelled} " if previous else ""
+    return (
+        "asvp --log {log.job} --timing {log.timing} --same-job label --selected {output.selected} --pool {input.pool} "
+        f"--dataset-json {{input.dataset}} {grow}--round {round_field} --out {{output.labelled}}"
+    )
+
+
+# A proxy method's round: train the MLP proxy on the labelled samples' features (as they were
+# after the last round: SVPp's never change, ASVP's follow its decisions), score the pool with it;
+# ASVP then decides on the new labels.
+TRAIN_PROXY_STEP = (
+    "asvp --log {log.job} --timing {log.timing} --threads {threads} train-proxy --config-json {params.proxy_cfg} "
+    "--features {input.features} --labelled {input.labelled} --seed {wildcards.seed} --round {wildcards.r} "
+    "--out {output.proxy} --weights-out {output.weights}"
+)
+SELECT_WITH_PROXY_STEP = (
+    "asvp --log {log.job} --timing {log.timing} --same-job --threads {threads} select --strategy {wildcards.strategy} "
+    "--budget {params.budget} --seed {wildcards.seed} --round {wildcards.r} --pool {input.pool} "
+    "--labelled {input.labelled} --features {input.features} --proxy-weights {output.weights} "
+    "--config-json {params.cfg} --selected-out {output.selected} --scores-out {output.scores}"
+)
+DECIDE_STEP = (
+    "asvp --log {log.job} --timing {log.timing} --same-job --threads {threads} decide "
+    "--config-json {params.decision_cfg} --features {input.features} --labelled {output.labelled} "
+    "--previous {input.previous_decision} --seed {wildcards.seed} --round {wildcards.r} --out {output.decision}"
+)
+
+
+def selection_logs(round_folder, name="select"):
+    """A selection job's log (every step's output) and its steps' timings (asvp.step_timing)."""
+    return {"job": f"{round_folder}/logs/{name}.log", "timing": f"{round_folder}/benchmarks/select_steps.tsv"}
 
 
 def run_dir(method, strategy, seed):

@@ -1,12 +1,14 @@
 # ASVP after every round (paper sec. 5, Figure 10): decide with PED + LogME whether the frozen
 # features have become the bottleneck, then either refresh them (fine-tune on the labels so far,
 # re-extract pool and test) or pass the previous version through as a link. Both rules exist in
-# every round, so the whole plan stays visible in `snakemake -n` (no checkpoints).
+# every round, so the whole plan stays visible in `snakemake -n` (no checkpoints). With the
+# simulated oracle, rounds after 0 decide inside their selection job (select_proxy_decide).
 
 
 rule decide:
     wildcard_constraints:
         method="|".join(ASVP_METHODS),
+        r="000" if FUSED_ROUND else r"\d{3}",
     input:
         unpack(decide_inputs),
     output:

@@ -15,6 +15,7 @@ def test_planning_benchmark_counts_the_jobs_of_a_small_plan(tmp_path: Path) -> N
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     row = next(line for line in out.read_text().splitlines() if line.startswith("| 20") and "| 5 |" in line)
-    # 5 rounds of random, svpp and asvp, evaluated at the last round only: 57 jobs at this commit
-    # (each round: random 2, svpp 4, asvp 4 minus round 0's proxy steps, plus shared steps).
-    assert int(row.split("|")[4]) > 40
+    # 5 rounds of random, svpp and asvp, evaluated at the last round only: a round is one job for
+    # random and svpp, two for asvp (selection with its decision, refresh), plus round 0's decide,
+    # 3 evaluations and 6 shared jobs (pool, config, extraction, summary, report, all).
+    assert int(row.split("|")[4]) == 5 * 4 + 1 + 3 + 6

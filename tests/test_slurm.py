@@ -50,7 +50,7 @@ def test_submissions_through_the_slurm_plugin(tmp_path: Path, real_fashion_mnist
         by_rule.setdefault(_rule_of(job["args"]), []).append(job["args"])
     (tmp_path / "submitted.json").write_text(json.dumps(by_rule, indent=1))
     # Small-file steps run in the head process: never submitted.
-    assert set(by_rule) == {"extract_pretrained", "proxy_round_select_proxy_train_proxy", "refresh_features", "evaluate"}
+    assert set(by_rule) == {"extract_pretrained", "select_proxy", "select_proxy_decide", "refresh_features", "evaluate"}
 
     def partition(args: list[str]) -> str:
         return args[args.index("-p") + 1]
@@ -58,9 +58,10 @@ def test_submissions_through_the_slurm_plugin(tmp_path: Path, real_fashion_mnist
     def gpus(args: list[str]) -> list[str]:
         return [a for a in args if a.startswith("--gpus")]
 
-    # The proxy steps of a round are one submission per run, on the CPU partition.
-    assert len(by_rule["proxy_round_select_proxy_train_proxy"]) == 2
-    assert all(partition(a) == "cpu" and not gpus(a) for a in by_rule["proxy_round_select_proxy_train_proxy"])
+    # The proxy steps of a round (train, select, label; ASVP's decision) are one submission per
+    # round and run, on the CPU partition.
+    assert len(by_rule["select_proxy"]) == len(by_rule["select_proxy_decide"]) == 1
+    assert all(partition(a) == "cpu" and not gpus(a) for r in ("select_proxy", "select_proxy_decide") for a in by_rule[r])
     # Fine-tunes and extractions ask for gpus_per_job GPUs (and use them all: asvp.distributed).
     assert all(partition(a) == "gpu" and gpus(a) == ["--gpus=2"] for r in ("extract_pretrained", "evaluate") for a in by_rule[r])
     # A GPU for a refresh only where the round's decision refreshes (round 1 here, not round 0).

@@ -64,6 +64,9 @@ def test_full_run_reports_every_method_and_round(finished_run: Path) -> None:
     assert (summary["seconds_evaluate"] > 0).all()
     proxy_rounds = summary[summary["method"].isin(["svpp", "asvp"]) & (summary["round"] > 0)]
     assert (proxy_rounds["seconds_train_proxy"] > 0).all() and (proxy_rounds["seconds_select"] > 0).all()
+    # Each step of a selection job timed apart (asvp --timing): labelling and ASVP's decision too.
+    assert (summary["seconds_label"] > 0).all()
+    assert (summary.loc[summary["method"] == "asvp", "seconds_decide"] > 0).all()
     assert set(summary.loc[summary["method"] != "asvp", "train_method"]) == {"ft"}
 
 
@@ -158,7 +161,7 @@ def test_proxy_change_reruns_only_proxy_dependent_jobs(finished_run: Path, tmp_p
     assert {w["method"] for _, w in per_round} == {"svpp", "asvp"}
     assert all(int(w["r"]) >= 1 for _, w in per_round)
     rules = {rule for rule, _ in jobs}
-    assert "train_proxy" in rules and "select_proxy" in rules
+    assert rules >= {"select_proxy", "select_proxy_decide"}  # each trains its proxy (then selects, labels)
     assert not rules & {"define_pool", "extract_pretrained", "select_initial", "select_random", "select_standard"}
 
 
@@ -169,7 +172,8 @@ def test_lpft_baseline_is_planned_with_its_own_recipe(finished_run: Path, tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = planned_jobs(result.stdout)
     assert {w.get("method") for _, w in jobs if "method" in w} == {"standard_lpft"}  # nothing else reruns
-    assert {rule for rule, w in jobs if "method" in w} == {"select_initial", "label", "finetune_standard", "select_standard"}
+    # Selection jobs label their batch themselves (simulated oracle).
+    assert {rule for rule, w in jobs if "method" in w} == {"select_initial", "finetune_standard", "select_standard"}
     assert "--recipe lpft" in result.stdout
 
 
@@ -217,7 +221,7 @@ def test_activeft_pre_plans_one_single_shot_per_evaluation_point(tmp_path: Path)
     selections = sorted(w["r"] for rule, w in jobs if rule == "select_pretrained")
     assert selections == ["000", "002"]  # no round in between: each point is its own selection
     assert all(w["strategy"] == "activeft" for rule, w in jobs if rule == "select_pretrained")
-    assert not [rule for rule, _ in jobs if rule in ("train_proxy", "select_initial", "select_proxy")]
+    assert not [rule for rule, _ in jobs if rule in ("select_initial", "select_proxy", "select_proxy_decide")]
     assert re.search(r"select-single-shot --budget 60 .*--round 002", result.stdout)
 
 
@@ -252,9 +256,9 @@ def test_rerunning_proxy_selection_reproduces_it_bit_for_bit(finished_run: Path)
     # Explicit targets, not --until: with --forcerun, --until drops the label jobs in between
     # (snakemake issue #823, "Out of jobs ready to be started").
     targets = [str(p.relative_to(finished_run)) for p in watched if p.name == "selected.csv"]
-    result = snakemake(finished_run, "--forcerun", "train_proxy", "select_proxy", "--", *targets)
+    result = snakemake(finished_run, "--forcerun", "select_proxy", "select_proxy_decide", "--", *targets)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "train_proxy" in result.stdout + result.stderr  # the jobs really ran again
+    assert "select_proxy_decide" in result.stdout + result.stderr  # the jobs really ran again
     for path, content in before.items():
         assert path.read_bytes() == content, f"{path} changed on recomputation"
 

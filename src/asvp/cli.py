@@ -201,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="GPUs the job was given (rules pass {resources.gpu}): a fine-tune or extraction on CUDA "
                              "runs one data-parallel process per GPU")
     parser.add_argument("--log", default=None, help="write the output to this log and append it to <log>.attempts")
+    parser.add_argument("--timing", default=None,
+                        help="record this step's wall seconds, peak memory and CPU seconds in this file, in the "
+                             "columns of Snakemake's benchmark files plus `step` (a job that runs several steps)")
+    parser.add_argument("--same-job", action="store_true",
+                        help="a later step of the job whose first step wrote --log and --timing: append to both")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, help_text: str, *, config: bool = False) -> argparse.ArgumentParser:
@@ -337,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log:
         from asvp.joblog import logged
 
-        with logged(args.log):
+        with logged(args.log, append=args.same_job):
             return _run(args)
     return _run(args)
 
@@ -346,8 +351,13 @@ def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         run_command(args)
-        print(f"asvp {args.command}: {time.perf_counter() - started:.3f} s in the step, "
+        seconds = time.perf_counter() - started
+        print(f"asvp {args.command}: {seconds:.3f} s in the step, "
               f"{STEP_CLOCK.get('import_torch', 0.0):.3f} s of it importing torch", file=sys.stderr)
+        if args.timing:
+            from asvp.step_timing import stage_of_command, write_step_benchmark
+
+            write_step_benchmark(args.timing, stage_of_command(args.command), seconds, append=args.same_job)
     except AsvpError as exc:
         print(f"asvp {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,9 @@ C libraries' output alike: file descriptors 1 and 2 are redirected) straight int
 unbuffered lines, so a SIGKILL loses nothing already printed. When the step ends (success or an
 error) this attempt's part is copied to `<log>`, the file Snakemake shows. Doing this in the
 step itself keeps the rules' shell commands free of pipes and helper scripts.
+
+A job that runs several steps (a round's selection job: train the proxy, select, label, decide)
+has one log: its first step replaces `<log>`, the later ones (`asvp --same-job`) append to it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def logged(log: str | Path) -> Iterator[None]:
+def logged(log: str | Path, append: bool = False) -> Iterator[None]:
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
     attempts = open(f"{log}.attempts", "ab", buffering=0)
@@ -47,4 +50,6 @@ def logged(log: str | Path) -> Iterator[None]:
         attempts.close()
         with open(f"{log}.attempts", "rb") as handle:
             handle.seek(start)
-            log.write_bytes(handle.read())
+            part = handle.read()
+        with open(log, "ab" if append else "wb") as out:
+            out.write(part)

@@ -4,7 +4,9 @@ decisions.csv (ASVP's verdict per round) and class_counts.csv (the labelled set 
 name). Everything the report, the saving ratio and the cost model read comes from these.
 
 Timings come from Snakemake's `benchmark:` files (wall seconds of each job), stored per round
-under `round{r}/benchmarks/<rule>.tsv`, so the paper's time model (sec. 6.4) can be computed
+under `round{r}/benchmarks/<rule>.tsv`, and from the selection job's `select_steps.tsv` (one row
+per step it runs: train_proxy, select, label, decide; asvp.step_timing), so the paper's time
+model (sec. 6.4) can be computed
 from the table: T_tr,proxy + T_f,proxy per round, T_pre for extraction, T_tr,full for FT.
 The one-off pre-trained extraction is charged to round 0 of the methods that use features.
 """
@@ -41,11 +43,20 @@ def _benchmark_seconds(path: Path) -> float:
 
 
 def stage_seconds(round_dir: Path) -> dict[str, float]:
-    """{'seconds_<rule>': wall seconds} for every benchmark file of one round."""
+    """{'seconds_<stage>': wall seconds} for every benchmark file of one round: a rule's file
+    counts for the rule, a job's file with a `step` column (asvp.step_timing) for each step."""
     bench = round_dir / "benchmarks"
     if not bench.is_dir():
         return {}
-    return {f"seconds_{p.stem}": _benchmark_seconds(p) for p in sorted(bench.glob("*.tsv"))}
+    seconds: dict[str, float] = {}
+    for path in sorted(bench.glob("*.tsv")):
+        frame = pd.read_csv(path, sep="\t")
+        if "step" in frame.columns:
+            for step, s in frame.groupby("step", sort=True)["s"].sum().items():
+                seconds[f"seconds_{step}"] = seconds.get(f"seconds_{step}", 0.0) + float(s)
+        else:
+            seconds[f"seconds_{path.stem}"] = seconds.get(f"seconds_{path.stem}", 0.0) + float(frame["s"].sum())
+    return seconds
 
 
 DECISION_COLUMNS = ["n_labelled", "feature_version", "ped_steps", "score", "previous_score", "difference", "threshold",
