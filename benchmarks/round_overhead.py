@@ -34,8 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parent.parent
-# Steps that run after a round's labelled.csv is written: they belong to the next round's interval.
-AFTER_LABELS = ("decide", "refresh-features")
+# The selection job's step that runs after its labelled.csv is written: it belongs to the next
+# round's interval (as does that round's refresh_features job, read from its own log).
+AFTER_LABELS = ("decide",)
 STEP_LINE = re.compile(r"^asvp (\S+): ([0-9.]+) s in the step, ([0-9.]+) s of it importing torch$", re.M)
 
 

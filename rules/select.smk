@@ -69,9 +69,9 @@ rule select_pretrained:
     shell:
         job_steps(
             "asvp --log {log.job} --timing {log.timing} --threads {threads} select-single-shot "
-        "--budget {params.budget} --seed {wildcards.seed} --round {wildcards.r} --pool {input.pool} "
-        "--features {input.features} --config-json {params.cfg} "
-        "--selected-out {output.selected} --scores-out {output.scores}",
+            "--budget {params.budget} --seed {wildcards.seed} --round {wildcards.r} --pool {input.pool} "
+            "--features {input.features} --config-json {params.cfg} "
+            "--selected-out {output.selected} --scores-out {output.scores}",
             label_step(previous=False),
         )
 
@@ -115,7 +115,8 @@ if FUSED_ROUND:
     rule select_proxy_decide:
         # ASVP's round r > 0 with the simulated oracle: select_proxy, label, then decide with PED +
         # LogME whether the features have become the bottleneck (rules/decide.smk has round 0's
-        # decision and the refresh that acts on it).
+        # decision and the refresh that acts on it). Written out, not `use rule select_proxy`:
+        # `use rule ... with:` cannot change the shell command.
         wildcard_constraints:
             method="|".join(ASVP_METHODS),
             r=r"(?!000)\d{3}",
