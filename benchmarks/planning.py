@@ -19,6 +19,13 @@ wall time: on a loaded machine they move much less.
     python benchmarks/planning.py --rounds 900 --extra=--rerun-triggers=mtime
     python benchmarks/planning.py --rounds 900 --profile prof.out  # under cProfile (about 2.5x slower)
     python benchmarks/planning.py --rounds 900 --snakefile /tmp/snapshot/Snakefile  # another copy
+    python benchmarks/planning.py --rounds 900 --floor             # also Snakemake's own floor
+
+`--floor` also times, the same way, a minimal workflow (FLOOR_SNAKEFILE: one trivial rule, one
+input function, two outputs, no log, an empty command) planning as many jobs as the plan, in
+chains as long as the plan's rounds: what Snakemake 9 itself needs for that many jobs on this
+machine, whatever the workflow. `ours / floor` is then the share our rules add, measured on the
+same machine at the same load.
 
 Every timing is the best of --repeats; other work sharing the CPUs makes them longer, never
 shorter.
@@ -55,6 +62,41 @@ class Timing:
     startup: float  # to "Building DAG of jobs..."
     cpu: float  # user + system CPU seconds of the dry run (less sensitive to other load than wall time)
     command: str
+    floor: Timing | None = None  # the minimal workflow with as many jobs (--floor)
+
+
+# Snakemake's floor: the cheapest job a round could be (issue 11 asks what bounds the plan's time).
+FLOOR_SNAKEFILE = """\
+import sys
+sys.setrecursionlimit(100000)
+JOBS, LENGTH = int(config["jobs"]), int(config["length"])
+CHAINS = [(c, min(LENGTH, JOBS - c * LENGTH)) for c in range(-(-JOBS // LENGTH))]
+
+
+rule all:
+    input:
+        [f"res/chain{c}/step{n - 1:04d}/done" for c, n in CHAINS],
+
+
+rule first:
+    output:
+        "res/chain{c}/step0000/done",
+        "res/chain{c}/step0000/extra",
+    shell:
+        ""
+
+
+rule step:
+    wildcard_constraints:
+        i=r"(?!0000)\\d{4}",
+    input:
+        lambda w: f"res/chain{w.c}/step{int(w.i) - 1:04d}/done",
+    output:
+        "res/chain{c}/step{i}/done",
+        "res/chain{c}/step{i}/extra",
+    shell:
+        ""
+"""
 
 
 def write_config(folder: Path, rounds: int, budget: int, evaluate: str, pool: int) -> Path:
@@ -83,17 +125,25 @@ def parse_jobs(output: str) -> int:
     return int(totals[-1])
 
 
-def dry_run(rounds: int, args: argparse.Namespace) -> Timing:
+def dry_run(rounds: int, args: argparse.Namespace, floor_jobs: int | None = None) -> Timing:
+    """Time the plan of `rounds` rounds; with floor_jobs, the minimal workflow of that many jobs."""
     with tempfile.TemporaryDirectory(prefix=f"asvp-plan{rounds}-") as tmp:
         folder = Path(tmp)
-        config = write_config(folder, rounds, args.budget, args.eval, args.pool)
+        if floor_jobs is None:
+            snakefile = args.snakefile.resolve()
+            config = write_config(folder, rounds, args.budget, args.eval, args.pool)
+        else:
+            snakefile = folder / "Snakefile"
+            snakefile.write_text(FLOOR_SNAKEFILE)
+            config = folder / "config.yaml"
+            config.write_text(f"jobs: {floor_jobs - 1}\nlength: {rounds}\n")  # - 1: rule all
         python = [sys.executable]
-        if args.profile:
+        if args.profile and floor_jobs is None:
             python += ["-m", "cProfile", "-o", str(Path(args.profile).resolve())]
         command = [
-            *python, "-m", "snakemake", "-s", str(args.snakefile.resolve()), "-d", str(folder / "wd"),
+            *python, "-m", "snakemake", "-s", str(snakefile), "-d", str(folder / "wd"),
             "--configfile", str(config), "-n", "--cores", str(args.cores), "--quiet", "rules",
-            *[part for extra in args.extra for part in shlex.split(extra)],
+            *([] if floor_jobs is not None else [part for extra in args.extra for part in shlex.split(extra)]),
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -137,8 +187,8 @@ def table(timings: list[Timing], args: argparse.Namespace) -> str:
         f"Dry run: `{timings[0].command}`{workflow}",
         "",
         "| date | machine | rounds | jobs | seconds | CPU s | start-up (s) | DAG + summary (s) | ms per job "
-        "| ms per round |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| ms per round |" + (" floor (s) | ours / floor |" if args.floor else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if args.floor else ""),
     ]
     for t in timings:
         target = f" (target <= {TARGET_SECONDS:g})" if t.rounds == 900 and args.eval == "last" else ""
@@ -147,6 +197,7 @@ def table(timings: list[Timing], args: argparse.Namespace) -> str:
             f"| {t.startup:.1f} | "
             f"{t.seconds - t.startup:.1f} | {1000 * (t.seconds - t.startup) / t.jobs:.2f} | "
             f"{1000 * (t.seconds - t.startup) / t.rounds:.1f} |"
+            + (f" {t.floor.seconds:.1f} | {t.seconds / t.floor.seconds:.2f} |" if t.floor else "")
         )
     return "\n".join(rows) + "\n"
 
@@ -165,6 +216,8 @@ def main(argv: list[str] | None = None) -> list[Timing]:
     parser.add_argument("--extra", action="append", default=[],
                         help="more snakemake arguments, e.g. --extra=--rerun-triggers=mtime (repeatable)")
     parser.add_argument("--profile", help="run the dry run under cProfile, writing this file (one length)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time a minimal workflow of as many jobs (Snakemake's own floor)")
     parser.add_argument("--out", type=Path, help="append the table to this markdown file (else print only)")
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
@@ -175,8 +228,14 @@ def main(argv: list[str] | None = None) -> list[Timing]:
     for rounds in args.rounds:
         runs = [dry_run(rounds, args) for _ in range(args.repeats)]
         best = min(runs, key=lambda t: t.seconds)
+        if args.floor:
+            best.floor = min((dry_run(rounds, args, floor_jobs=best.jobs) for _ in range(args.repeats)),
+                             key=lambda t: t.seconds)
+            if best.floor.jobs != best.jobs:
+                raise RuntimeError(f"the floor workflow planned {best.floor.jobs} jobs, not {best.jobs}")
+        floor = f"; floor {best.floor.seconds:.1f} s" if best.floor else ""
         print(f"{rounds} rounds: {best.jobs} jobs, {best.seconds:.1f} s, {best.cpu:.1f} CPU s "
-              f"(start-up {best.startup:.1f} s)", file=sys.stderr, flush=True)
+              f"(start-up {best.startup:.1f} s){floor}", file=sys.stderr, flush=True)
         timings.append(best)
     text = table(timings, args)
     print(text, end="")
