@@ -5,6 +5,7 @@ k-center greedy and k-means++: one full distance pass per pick).
     python benchmarks/strategies.py                      # 1.28M x 2048 float16, 1000 classes
     python benchmarks/strategies.py --scale 0.01         # 12.8k rows: seconds
     python benchmarks/strategies.py --picks 10000 50000 --ref-picks 200 --out BENCHMARKS.md
+    python benchmarks/strategies.py --tasks activeft --activeft-iterations 5   # extrapolated to 100
 
 The synthetic pool (clustered: 1000 class centres plus noise, so distances are not all alike)
 is written once under --data-dir as .npy memory maps and reused. Every measurement runs in its
@@ -45,6 +46,9 @@ TASKS = ("bare_forward", "proxy_margin", "margin", "coreset", "badge", "badge_se
 # The approximate BADGE measured: the official code's candidate count (320k of 1.28M) and a
 # 256-d random projection of the hidden embedding, scaled with the pool.
 APPROX_CANDIDATES, APPROX_PROJECTION = 320_000, 256
+# ActiveFT's iterations in the workflow's default (strategies/activeft.py); --activeft-iterations
+# fewer times the same work per iteration at full scale (hours on 2 CPU cores) and extrapolates.
+ACTIVEFT_ITERATIONS = 100
 
 
 def shape(scale: float) -> tuple[int, int, int]:
@@ -140,7 +144,8 @@ class PickClock:
         return self.rng.random()
 
 
-def worker(task: str, paths: dict[str, Path], picks: int, labelled: int, limit: float | None = None) -> dict[str, object]:
+def worker(task: str, paths: dict[str, Path], picks: int, labelled: int, limit: float | None = None,
+           activeft_iterations: int = ACTIVEFT_ITERATIONS) -> dict[str, object]:
     """One measurement in this process: seconds, the picks' checksum (or the picks themselves)."""
     from asvp.proxy_scoring import load_weights, proxy_chunks
     from asvp.strategies import PoolState, get_strategy
@@ -156,6 +161,7 @@ def worker(task: str, paths: dict[str, Path], picks: int, labelled: int, limit: 
     anonymous = AnonymousPeak()
     started = time.perf_counter()
     result: object = None
+    partial: dict[str, object] = {}
     if task in ("bare_forward", "proxy_margin"):
         weights = load_weights(paths["weights"])
         if task == "bare_forward":  # the floor: the MLP's matrix products over the same features
@@ -200,11 +206,25 @@ def worker(task: str, paths: dict[str, Path], picks: int, labelled: int, limit: 
                                       min(APPROX_PROJECTION, pool.shape[1]))
     elif task == "badge_ref":
         result = kmeanspp_reference(probabilities[labelled:], pool, picks, rng)
-    elif task == "activeft":
-        from asvp.strategies.activeft import activeft_select
+    elif task == "activeft":  # its final matching timed apart, so fewer iterations extrapolate to the default
+        from asvp.strategies import activeft
 
-        result = activeft_select(pool, lab, picks, rng)[0]
+        match, matching = activeft._match, []
+
+        def timed_match(*args: object, **kwargs: object) -> object:
+            begun = time.perf_counter()
+            out = match(*args, **kwargs)
+            matching.append(time.perf_counter() - begun)
+            return out
+
+        activeft._match = timed_match
+        result = activeft.activeft_select(pool, lab, picks, rng, iterations=activeft_iterations)[0]
+        partial = {"iterations": activeft_iterations, "seconds_matching": matching[0]}
     seconds = time.perf_counter() - started
+    if task == "activeft" and activeft_iterations < ACTIVEFT_ITERATIONS:
+        optimising = seconds - float(partial["seconds_matching"])  # with the initial reads, so a little high
+        partial["extrapolated_seconds"] = float(partial["seconds_matching"]) + optimising * ACTIVEFT_ITERATIONS / max(
+            1, activeft_iterations)
     peak_anonymous = anonymous.stop()
     if task == "badge" and result is None:
         return {"task": task, "seconds": seconds, "picks": picks, "first_picks": None, "stopped_at_limit": True,
@@ -212,7 +232,7 @@ def worker(task: str, paths: dict[str, Path], picks: int, labelled: int, limit: 
                 "peak_anon_gb": peak_anonymous}
     if result is not None:
         np.save(picks_path(paths, task, picks), np.asarray(result, dtype=np.int64))
-    return {"task": task, "seconds": seconds, "picks": picks,
+    return {"task": task, "seconds": seconds, "picks": picks, **partial,
             "first_picks": np.asarray(result)[:1000].tolist() if result is not None else None,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak_anon_gb": peak_anonymous}
 
@@ -221,10 +241,11 @@ def picks_path(paths: dict[str, Path], task: str, picks: int) -> Path:
     return paths["features"].parent / f"picks_{paths['features'].name.split('.')[0]}_{task}_{picks}.npy"
 
 
-def run_worker(task: str, data_dir: Path, scale: float, picks: int, labelled: int, timeout: float | None) -> dict[str, object]:
+def run_worker(task: str, data_dir: Path, scale: float, picks: int, labelled: int, timeout: float | None,
+               activeft_iterations: int = ACTIVEFT_ITERATIONS) -> dict[str, object]:
     """One task in a child process; a task past `timeout` seconds is recorded as such, not lost."""
     command = [sys.executable, __file__, "--worker", task, "--data-dir", str(data_dir), "--scale", str(scale),
-               "--picks", str(picks), "--labelled", str(labelled)]
+               "--picks", str(picks), "--labelled", str(labelled), "--activeft-iterations", str(activeft_iterations)]
     if timeout is not None and task == "badge":  # stop itself before the timeout and say how far it got
         command += ["--pick-limit", str(max(1.0, timeout - 120))]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
@@ -249,7 +270,8 @@ def overlap(paths: dict[str, Path], task: str, other: str, picks: int) -> float 
 
 
 def benchmark(scale: float, picks: list[int], ref_picks: int, data_dir: Path, labelled: int,
-              tasks: tuple[str, ...] = TASKS, timeout: float | None = None, fresh: bool = False) -> list[dict[str, object]]:
+              tasks: tuple[str, ...] = TASKS, timeout: float | None = None, fresh: bool = False,
+              activeft_iterations: int = ACTIVEFT_ITERATIONS) -> list[dict[str, object]]:
     """Run every (task, picks) not yet in the results file of this pool; return all its rows.
 
     Results are appended to <data-dir>/results_<pool>.jsonl as each task ends, so an interrupted
@@ -264,9 +286,10 @@ def benchmark(scale: float, picks: list[int], ref_picks: int, data_dir: Path, la
     plan += [(t, k) for k in picks for t in ("margin", "coreset", "badge", "badge_seed2", "badge_approx", "activeft")]
     plan += [(t, ref_picks) for t in ("coreset_ref", "badge_ref")]
     for task, k in plan:
-        if task not in tasks or (task, k) in done:
+        if task not in tasks or ((task, k) in done and (
+                task != "activeft" or done[(task, k)].get("iterations", ACTIVEFT_ITERATIONS) == activeft_iterations)):
             continue
-        row = run_worker(task, data_dir, scale, k, labelled, timeout)
+        row = run_worker(task, data_dir, scale, k, labelled, timeout, activeft_iterations)
         print(json.dumps({key: v for key, v in row.items() if key != "first_picks"}), file=sys.stderr, flush=True)
         done[(task, k)] = row
         with open(log, "a") as handle:
@@ -303,6 +326,9 @@ def table(rows: list[dict[str, object]], scale: float, picks: list[int], ref_pic
             identity = {True: "identical", False: "DIFFER", None: "not compared (the fast run did not finish)"}
             note = (f"first {r['picks']} picks {identity[r.get('same_picks')]}; extrapolated: "
                     + ", ".join(f"{per_pick * k:.0f} s for {k}" for k in picks))
+        elif r.get("extrapolated_seconds") is not None:
+            note = (f"{r['iterations']} of {ACTIVEFT_ITERATIONS} iterations, then the matching ({r['seconds_matching']:.0f} s); "
+                    f"extrapolated: {r['extrapolated_seconds']:.0f} s with {ACTIVEFT_ITERATIONS} iterations")
         elif r.get("overlap") is not None:
             what = "exact BADGE, another rng" if r["task"] == "badge_seed2" else (
                 f"candidates {max(r['picks'], int(APPROX_CANDIDATES * u / FULL_ROWS))}, projection {min(APPROX_PROJECTION, d)}")
@@ -324,15 +350,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="run only these")
     parser.add_argument("--pick-limit", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--task-timeout", type=float, default=None, help="seconds before a task is stopped and recorded so")
+    parser.add_argument("--activeft-iterations", type=int, default=ACTIVEFT_ITERATIONS,
+                        help="ActiveFT iterations to time (fewer than the default extrapolate to it)")
     parser.add_argument("--fresh", action="store_true", help="forget the results file of this pool and rerun every task")
     args = parser.parse_args(argv)
     labelled = args.labelled if args.labelled is not None else max(10, int(10000 * min(args.scale, 1)))
     if args.worker:
         paths = make_pool(args.data_dir, args.scale)
-        print(json.dumps(worker(args.worker, paths, args.picks[0], labelled, args.pick_limit)))
+        print(json.dumps(worker(args.worker, paths, args.picks[0], labelled, args.pick_limit, args.activeft_iterations)))
         return 0
     rows = benchmark(args.scale, args.picks, args.ref_picks, args.data_dir, labelled, tuple(args.tasks), args.task_timeout,
-                     args.fresh)
+                     args.fresh, args.activeft_iterations)
     text = table(rows, args.scale, args.picks, args.ref_picks)
     print(text)
     if args.out:

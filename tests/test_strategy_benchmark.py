@@ -22,3 +22,13 @@ def test_strategy_benchmark_at_small_scale_writes_a_table_with_identical_referen
         assert f"| {task} |" in text
     assert text.count("first 6 picks identical") == 2
     assert list((tmp_path / "data").glob("*.features.npy"))  # the pool is kept for the next run
+
+    # ActiveFT timed on fewer iterations is rerun (not taken from the results file) and extrapolated.
+    again = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "strategies.py"), "--scale", "0.0005", "--picks", "12",
+         "--tasks", "activeft", "--activeft-iterations", "2", "--data-dir", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    row = next(line for line in again.stdout.splitlines() if line.startswith("| activeft |"))
+    assert "2 of 100 iterations, then the matching" in row and "extrapolated:" in row
