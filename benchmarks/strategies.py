@@ -269,9 +269,36 @@ def overlap(paths: dict[str, Path], task: str, other: str, picks: int) -> float 
     return len(np.intersect1d(np.load(a), np.load(b))) / picks
 
 
+def kmeans_cost(paths: dict[str, Path], picked: np.ndarray, labelled: int, chunk: int = 2048) -> float:
+    """Mean over the unlabelled rows of the squared gradient-embedding distance to the nearest pick.
+
+    BADGE's D^2 sampling seeds k-means++ on this objective, so it says how well a set of picks
+    covers the pool where pick overlap cannot: two exact runs with different rngs share barely
+    more picks than random sets do, yet cover the pool alike. Exact, O(U x K x (C + D)): for
+    pools of a few 100k rows (--coverage).
+    """
+    features = np.load(paths["features"], mmap_mode="r")[labelled:]
+    probabilities = np.load(paths["probabilities"], mmap_mode="r")[labelled:]
+
+    def gradient_factors(rows: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
+        a = np.asarray(probabilities[rows], dtype=np.float64)
+        a[np.arange(len(a)), a.argmax(axis=1)] -= 1.0
+        return a, np.asarray(features[rows], dtype=np.float64)
+
+    centre_a, centre_h = gradient_factors(np.sort(picked))
+    centre_sq = np.einsum("ij,ij->i", centre_a, centre_a) * np.einsum("ij,ij->i", centre_h, centre_h)
+    total = 0.0
+    for start in range(0, len(features), chunk):
+        a, h = gradient_factors(slice(start, start + chunk))
+        sq = np.einsum("ij,ij->i", a, a) * np.einsum("ij,ij->i", h, h)
+        d = sq[:, None] + centre_sq[None, :] - 2.0 * (a @ centre_a.T) * (h @ centre_h.T)
+        total += float(np.maximum(d.min(axis=1), 0.0).sum())
+    return total / len(features)
+
+
 def benchmark(scale: float, picks: list[int], ref_picks: int, data_dir: Path, labelled: int,
               tasks: tuple[str, ...] = TASKS, timeout: float | None = None, fresh: bool = False,
-              activeft_iterations: int = ACTIVEFT_ITERATIONS) -> list[dict[str, object]]:
+              activeft_iterations: int = ACTIVEFT_ITERATIONS, coverage: bool = False) -> list[dict[str, object]]:
     """Run every (task, picks) not yet in the results file of this pool; return all its rows.
 
     Results are appended to <data-dir>/results_<pool>.jsonl as each task ends, so an interrupted
@@ -303,10 +330,15 @@ def benchmark(scale: float, picks: list[int], ref_picks: int, data_dir: Path, la
                 r["same_picks"] = r["first_picks"] == fast[0]["first_picks"][: r["picks"]]
         if r["task"] in ("badge_seed2", "badge_approx"):
             r["overlap"] = overlap(paths, r["task"], "badge", r["picks"])
+        if coverage and r["task"] in ("badge", "badge_seed2", "badge_approx") and picks_path(paths, r["task"], r["picks"]).exists():
+            unlabelled_rows = shape(scale)[0] - labelled
+            r["coverage"] = kmeans_cost(paths, np.load(picks_path(paths, r["task"], r["picks"])), labelled)
+            r["coverage_random"] = kmeans_cost(paths, np.random.default_rng(3).choice(unlabelled_rows, r["picks"], replace=False),
+                                               labelled)
     return rows
 
 
-def table(rows: list[dict[str, object]], scale: float, picks: list[int], ref_picks: int) -> str:
+def table(rows: list[dict[str, object]], scale: float, picks: list[int], ref_picks: int, labelled: int = 0) -> str:
     u, d, c = shape(scale)
     lines = [f"### Strategies at {u} x {d} float16, {c} classes ({dt.date.today()}, {platform.node()}, "
              f"{os.cpu_count()} CPUs)", "", f"`python benchmarks/strategies.py --scale {scale} --picks {' '.join(map(str, picks))} "
@@ -332,7 +364,11 @@ def table(rows: list[dict[str, object]], scale: float, picks: list[int], ref_pic
         elif r.get("overlap") is not None:
             what = "exact BADGE, another rng" if r["task"] == "badge_seed2" else (
                 f"candidates {max(r['picks'], int(APPROX_CANDIDATES * u / FULL_ROWS))}, projection {min(APPROX_PROJECTION, d)}")
-            note = f"{what}: {100 * r['overlap']:.1f}% of the picks shared with exact BADGE"
+            chance = 100 * r["picks"] / max(1, u - labelled)  # two uniform random picks of that size share this
+            note = f"{what}: {100 * r['overlap']:.1f}% of the picks shared with exact BADGE (random picks: {chance:.1f}%)"
+        if r.get("coverage") is not None:
+            note += ("; " if note else "") + (f"k-means cost {r['coverage']:.4g} (uniform random picks: "
+                                              f"{r['coverage_random']:.4g})")
         lines.append(f"| {r['task']} | {r['picks']} | {r['seconds']:.2f} | {r['peak_rss_gb']:.2f} | "
                      f"{r.get('peak_anon_gb', float('nan')):.2f} | {note} |")
     return "\n".join(lines) + "\n"
@@ -352,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task-timeout", type=float, default=None, help="seconds before a task is stopped and recorded so")
     parser.add_argument("--activeft-iterations", type=int, default=ACTIVEFT_ITERATIONS,
                         help="ActiveFT iterations to time (fewer than the default extrapolate to it)")
+    parser.add_argument("--coverage", action="store_true",
+                        help="also the k-means cost of each BADGE run's picks (exact; for pools of a few 100k rows)")
     parser.add_argument("--fresh", action="store_true", help="forget the results file of this pool and rerun every task")
     args = parser.parse_args(argv)
     labelled = args.labelled if args.labelled is not None else max(10, int(10000 * min(args.scale, 1)))
@@ -360,8 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(args.worker, paths, args.picks[0], labelled, args.pick_limit, args.activeft_iterations)))
         return 0
     rows = benchmark(args.scale, args.picks, args.ref_picks, args.data_dir, labelled, tuple(args.tasks), args.task_timeout,
-                     args.fresh, args.activeft_iterations)
-    text = table(rows, args.scale, args.picks, args.ref_picks)
+                     args.fresh, args.activeft_iterations, args.coverage)
+    text = table(rows, args.scale, args.picks, args.ref_picks, labelled)
     print(text)
     if args.out:
         with open(args.out, "a") as handle:

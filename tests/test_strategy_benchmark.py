@@ -13,7 +13,7 @@ def test_strategy_benchmark_at_small_scale_writes_a_table_with_identical_referen
     out = tmp_path / "BENCHMARKS.md"
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "strategies.py"), "--scale", "0.0005", "--picks", "12",
-         "--ref-picks", "6", "--data-dir", str(tmp_path / "data"), "--out", str(out)],
+         "--ref-picks", "6", "--coverage", "--data-dir", str(tmp_path / "data"), "--out", str(out)],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -21,6 +21,7 @@ def test_strategy_benchmark_at_small_scale_writes_a_table_with_identical_referen
     for task in ("proxy_margin", "margin", "coreset", "badge", "activeft", "coreset_ref", "badge_ref"):
         assert f"| {task} |" in text
     assert text.count("first 6 picks identical") == 2
+    assert text.count("k-means cost") == 3  # badge, badge_seed2, badge_approx, each next to uniform random picks
     assert list((tmp_path / "data").glob("*.features.npy"))  # the pool is kept for the next run
 
     # ActiveFT timed on fewer iterations is rerun (not taken from the results file) and extrapolated.
