@@ -294,3 +294,36 @@ def test_strategy_options_select_the_approximate_mode_and_bad_ones_are_config_er
         get_strategy("badge", {"candidates": 5}).select(_state(p, h, unlabelled), 10, np.random.default_rng(6))
     with pytest.raises(ConfigError, match="strategy_options.badge"):
         get_strategy("badge", {"candidate": 80})
+
+
+def _kmeans_cost(g: np.ndarray, picks: np.ndarray) -> float:
+    """Mean squared distance of every row to its nearest pick (explicit embeddings)."""
+    centres = g[picks]
+    d = (g * g).sum(1)[:, None] + (centres * centres).sum(1)[None, :] - 2.0 * g @ centres.T
+    return float(np.maximum(d.min(axis=1), 0.0).mean())
+
+
+def test_picks_cover_a_clustered_pool_as_plain_kmeanspp_does_and_better_than_uniform_picks(badge: ModuleType) -> None:
+    # The property BADGE is chosen for, on explicit (C x D) gradient embeddings: exact and
+    # approximate BADGE seed k-means as well as a plain k-means++ over the materialised
+    # embeddings, and clearly better than uniform random picks. Averages over seeds: each run
+    # is a random draw.
+    p, h = _clustered(1200, classes=6, dim=8, seed=3)
+    g = _gradient_embeddings(p, h)
+    sq = (g * g).sum(1)
+
+    def plain_kmeanspp(k: int, rng: np.random.Generator) -> np.ndarray:
+        picks, dmin = [int(np.argmax(sq))], ((g - g[int(np.argmax(sq))]) ** 2).sum(1)
+        for _ in range(k - 1):
+            picks.append(int(rng.choice(len(g), p=dmin / dmin.sum())))
+            dmin = np.minimum(dmin, ((g - g[picks[-1]]) ** 2).sum(1))
+        return np.asarray(picks)
+
+    k, seeds = 80, range(6)
+    ours = np.mean([_kmeans_cost(g, badge.kmeanspp(p, h, k, np.random.default_rng(s))) for s in seeds])
+    approximate = np.mean([_kmeans_cost(g, badge.kmeanspp_approximate(p, h, k, np.random.default_rng(s), candidates=600))
+                           for s in seeds])
+    plain = np.mean([_kmeans_cost(g, plain_kmeanspp(k, np.random.default_rng(100 + s))) for s in seeds])
+    uniform = np.mean([_kmeans_cost(g, np.random.default_rng(200 + s).choice(len(g), k, replace=False)) for s in seeds])
+    assert ours <= 1.15 * plain and approximate <= 1.3 * plain, (ours, approximate, plain)
+    assert ours < 0.85 * uniform, (ours, uniform)
