@@ -9,7 +9,7 @@ k-center greedy and k-means++: one full distance pass per pick).
 
 The synthetic pool (clustered: 1000 class centres plus noise, so distances are not all alike)
 is written once under --data-dir as .npy memory maps and reused. Every measurement runs in its
-own process, so its peak RSS is its own; the table gives ru_maxrss (which counts the pages of
+own process, so its peak RSS is its own; the table gives the peak RSS (VmHWM, which counts the pages of
 the memory-mapped pool read, dropped by the kernel when memory is short) and the peak of the
 private (anonymous) memory, which is what a run must have. The references are timed on their first --ref-picks
 picks and extrapolated linearly to the full pick count (said so in the table); pick identity
@@ -92,10 +92,23 @@ def make_pool(data_dir: Path, scale: float, seed: int = 0) -> dict[str, Path]:
     return paths
 
 
+def peak_rss_gb() -> float:
+    """This process's peak resident set (VmHWM), in GB.
+
+    Not ru_maxrss: Linux carries it over from the parent across fork and exec, so a worker
+    started by a parent that had just written the pool (about 10 GB resident) reported the
+    parent's peak, not its own.
+    """
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # no /proc: the best there is
+
+
 class AnonymousPeak:
     """Peak of the process's anonymous (private) resident memory, sampled from /proc every 0.2 s.
 
-    ru_maxrss also counts the pages of the memory-mapped pool that were read (file cache the
+    The peak RSS also counts the pages of the memory-mapped pool that were read (file cache the
     kernel can drop at any time: up to the 5.2 GB of features); this is what the process holds.
     """
 
@@ -228,13 +241,13 @@ def worker(task: str, paths: dict[str, Path], picks: int, labelled: int, limit: 
     peak_anonymous = anonymous.stop()
     if task == "badge" and result is None:
         return {"task": task, "seconds": seconds, "picks": picks, "first_picks": None, "stopped_at_limit": True,
-                **partial, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                **partial, "peak_rss_gb": peak_rss_gb(),
                 "peak_anon_gb": peak_anonymous}
     if result is not None:
         np.save(picks_path(paths, task, picks), np.asarray(result, dtype=np.int64))
     return {"task": task, "seconds": seconds, "picks": picks, **partial,
             "first_picks": np.asarray(result)[:1000].tolist() if result is not None else None,
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak_anon_gb": peak_anonymous}
+            "peak_rss_gb": peak_rss_gb(), "peak_anon_gb": peak_anonymous}
 
 
 def picks_path(paths: dict[str, Path], task: str, picks: int) -> Path:
