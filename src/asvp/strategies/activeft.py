@@ -42,6 +42,7 @@ from asvp.strategies.base import PoolState, Strategy, check_budget, register
 MAX_ELEMENTS = 1 << 24  # entries of one similarity slice: 64 MiB of float32
 READ_ROWS = 16384  # pool rows read from storage at a time during matching
 CANDIDATES = 64  # top-m unlabelled candidates kept per centroid during matching
+ITERATIONS = 100  # Adam steps on the centroids by default (the official ASVP code's; the schema's default too)
 
 
 def _torch_device(device: str) -> Any:
@@ -220,7 +221,7 @@ def activeft_select(
     labelled_embeddings: Any,
     budget: int,
     rng: np.random.Generator,
-    iterations: int = 100,
+    iterations: int = ITERATIONS,
     batch_size: int = 20000,
     tau: float = 0.07,
     lr: float = 1e-3,
@@ -283,7 +284,7 @@ class ActiveFT(Strategy):
     name = "activeft"
     needs = frozenset({"embeddings"})
 
-    def __init__(self, device: str = "cpu", iterations: int = 100, batch_size: int = 20000, tau: float = 0.07,
+    def __init__(self, device: str = "cpu", iterations: int = ITERATIONS, batch_size: int = 20000, tau: float = 0.07,
                  lr: float = 1e-3, balance: float = 1.0, progress: bool = False) -> None:
         self.options = {"iterations": iterations, "batch_size": batch_size, "tau": tau, "lr": lr,
                         "balance": balance, "device": device, "progress": progress}
