@@ -205,6 +205,8 @@ def worker(task: str, paths: dict[str, Path], picks: int, labelled: int, limit: 
         clock = PickClock(rng, None if limit is None else started + limit)
         try:
             result = kmeanspp(probabilities[labelled:], pool, picks, clock)  # type: ignore[arg-type]
+            # seconds after every 1000th draw, so a 10k run extrapolates to 50k from its own trend
+            partial = {"seconds_at_draw": {n: clock.times[n] - started for n in range(1000, len(clock.times), 1000)}}
         except PickClock.Stop:
             done = len(clock.times)
             last = clock.times[-1] - clock.times[max(0, done - 1 - max(1, done // 10))]
@@ -382,6 +384,9 @@ def table(rows: list[dict[str, object]], scale: float, picks: list[int], ref_pic
                 f"candidates {max(r['picks'], int(APPROX_CANDIDATES * u / FULL_ROWS))}, projection {min(APPROX_PROJECTION, d)}")
             chance = 100 * r["picks"] / max(1, u - labelled)  # two uniform random picks of that size share this
             note = f"{what}: {100 * r['overlap']:.1f}% of the picks shared with exact BADGE (random picks: {chance:.1f}%)"
+        if r.get("seconds_at_draw"):  # the pace, for extrapolating beyond the picks run
+            marks = sorted((int(n), t) for n, t in r["seconds_at_draw"].items())
+            note += ("; " if note else "") + "seconds at draw " + ", ".join(f"{n}: {t:.0f}" for n, t in marks)
         if r.get("coverage") is not None:
             note += ("; " if note else "") + (f"k-means cost {r['coverage']:.4g} (uniform random picks: "
                                               f"{r['coverage_random']:.4g})")
