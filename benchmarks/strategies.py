@@ -341,7 +341,9 @@ def benchmark(scale: float, picks: list[int], ref_picks: int, data_dir: Path, la
     uniform_coverage: dict[int, float] = {}
     for r in rows:
         if r["task"].endswith("_ref") and not r.get("timed_out"):
-            fast = [f for f in rows if f["task"] == r["task"].removesuffix("_ref") and f.get("first_picks")]
+            # any finished fast run of the same strategy will do, whatever its --picks: its first picks are the same
+            fast = [f for f in done.values() if f["task"] == r["task"].removesuffix("_ref")
+                    and len(f.get("first_picks") or []) >= r["picks"]]
             r["same_picks"] = None
             if fast:
                 r["same_picks"] = r["first_picks"] == fast[0]["first_picks"][: r["picks"]]

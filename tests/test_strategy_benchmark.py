@@ -33,3 +33,12 @@ def test_strategy_benchmark_at_small_scale_writes_a_table_with_identical_referen
     assert again.returncode == 0, again.stderr[-3000:]
     row = next(line for line in again.stdout.splitlines() if line.startswith("| activeft |"))
     assert "2 of 100 iterations, then the matching" in row and "extrapolated:" in row
+
+    # A reference is compared with the fast run of any size: here the fast runs were made with --picks 12 only.
+    other_size = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "strategies.py"), "--scale", "0.0005", "--picks", "20",
+         "--ref-picks", "6", "--tasks", "coreset_ref", "badge_ref", "--data-dir", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert other_size.returncode == 0, other_size.stderr[-3000:]
+    assert other_size.stdout.count("first 6 picks identical") == 2
