@@ -1,18 +1,16 @@
 # asvp-flow: aligned selection via proxy (Wen et al.), one static DAG of rounds.
 #
-# Reads like the paper's Figure 10. For each method, strategy and seed:
-#   round 0    select_initial (seeded random) -> label
-#   round r>0  [svpp/asvp]      select_proxy: train the proxy on round r-1's features, score -> label
-#              [standard]       select_standard with round r-1's fine-tuned model          -> label
-#              [random]         select_random                                              -> label
-#   [asvp] after every round    decide (PED + LogME) -> refresh_features (fine-tune and
-#                               re-extract, or link the previous version)
-#   With the simulated oracle, labelling (and ASVP's decision after round 0: select_proxy_decide)
-#   runs inside the selection job: few jobs per round (rules/common.smk, FUSED_ROUND).
-#   evaluation points           evaluate: fine-tune (FT or LP-FT; ASVP: as decided), test accuracy
-#                               (evaluation.at; standard fine-tunes and tests every round)
-# then summarize -> results/{experiment}/summary.csv.
-# All logic lives in src/asvp; rules only wire files to `python -m asvp <step>`.
+# Reads like the paper's Figure 10. For each method (asvp.methods), strategy and seed:
+#   round 0    select_initial: a seeded random draw (ActiveFT: its cold start) -> label
+#   round r>0  select_proxy   [svpp, asvp]  train the MLP proxy on round r-1's features, score -> label
+#              select_model   [standard]    score with round r-1's fine-tuned network            -> label
+#              select_random  [random]                                                          -> label
+#   [asvp]     decide (PED + LogME) after every round -> refresh_features: fine-tune and
+#              re-extract, or link the previous version
+#   evaluation points (evaluation.at): evaluate: fine-tune (FT, LP-FT or as decided), test accuracy
+# then summarize -> results/{experiment}/summary.csv and report_figures.
+# With the simulated oracle a round's selection job also labels (and for ASVP after round 0
+# decides: select_proxy_decide). Rules only wire files to `asvp <step>` (src/asvp/steps).
 
 from snakemake.utils import min_version
 
@@ -41,9 +39,9 @@ localrules:
     all,
     define_pool,
     effective_config,
-    select_initial,
     select_random,
     request_labels,
+    label,
     decide,
     summarize,
     report_figures,
@@ -52,19 +50,19 @@ localrules:
 rule all:
     default_target: True
     input:
-        all_rounds(),
-        all_metrics(),
-        all_requests(),
+        PLAN.round_files(),
+        PLAN.metrics_files(),
+        PLAN.request_files(),
         f"{RES}/config.yaml",
         # With a human oracle the tables wait for the first answered evaluation point.
-        [f"{RES}/summary.csv", rules.report_figures.output] if all_metrics() else [],
+        [f"{RES}/summary.csv", rules.report_figures.output] if PLAN.metrics_files() else [],
 
 
 onsuccess:
-    from asvp.report import run_notice
+    from asvp.tables import run_notice
 
     print(run_notice(f"{RES}/summary.csv"), file=sys.stderr)
-    for folder, r in pending_requests():
+    for folder, r in PLAN.pending_requests():
         print(
             f"asvp-flow: waiting for labels: {folder}/round{r:03d}/to_label.csv lists the images to label "
             f"(to_label.png shows them); write {answers_path(folder, r)} (sample_id,class) or a folder per "

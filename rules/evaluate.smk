@@ -1,69 +1,67 @@
-# The final model at each evaluation point (evaluation.at): fine-tune the pre-trained backbone on
-# the labelled set (FT or LP-FT; ASVP as its decision says) and measure test accuracy. Standard
-# AL fine-tunes every round, because the next round selects with that model; it is tested in
-# the same job. Fine-tunes are cached by what determines them (see asvp.evaluation), so equal
-# inputs across methods, strategies and rules train once; they checkpoint and resume.
+# The final model at each evaluation point (evaluation.at, asvp.steps.evaluate): fine-tune the
+# pre-trained backbone on the labelled set with the method's recipe (asvp.methods: FT, LP-FT, or
+# as ASVP's decision says) and measure test accuracy. Standard AL fine-tunes every round, because
+# its next round selects with that model. Fine-tunes are cached by what determines them
+# (asvp.finetune), so equal inputs across methods, strategies and rules train once; they
+# checkpoint and resume.
 
 
-rule evaluate:
-    wildcard_constraints:
-        method="(?!standard)[a-z_]+",
-    input:
-        unpack(evaluate_inputs),
-    output:
-        metrics=f"{ROUND}/metrics.json",
-    params:
-        recipe=train_recipe,
-        decision=lambda w, input: f"--decision {input.decision}" if "decision" in input.keys() else "",
-        cfg=lambda w: finetune_cfg(w),
-        cache=FINETUNES,
-        share=share_model_flag,
-    threads: JOB_THREADS
-    resources:
-        gpu=FINETUNE_GPUS,
-        mem_mb=BIG_MEM_MB,
-        runtime=LONG_MINUTES,
-    log:
-        f"{ROUND}/logs/evaluate.log",
-    benchmark:
-        f"{ROUND}/benchmarks/evaluate.tsv"
-    conda:
-        CONDA_ENV
-    shell:
-        "asvp --log {log} --threads {threads} --gpus {resources.gpu} evaluate --config-json {params.cfg} --recipe {params.recipe} "
-        "{params.decision} --pool {input.pool} --labelled {input.labelled} --test {input.test} "
-        "--seed {wildcards.seed} --round {wildcards.r} --cache-dir {params.cache} {params.share} --out {output.metrics}"
+def evaluate_inputs(wildcards):
+    inputs = {
+        "pool": rules.define_pool.output.pool,
+        "test": rules.define_pool.output.test,
+        "labelled": round_file(wildcards, "labelled.csv"),
+    }
+    if methods.method(wildcards.method).decides:
+        inputs["decision"] = round_file(wildcards, "decision.json")  # LP-FT or FT, decided per round
+        # After a refresh's fine-tune (same labels, FT) the evaluation reuses it: wait for it.
+        inputs["features"] = round_file(wildcards, "features.h5")
+    return inputs
 
 
-rule finetune_standard:
-    wildcard_constraints:
-        method="|".join(STANDARD_METHODS),
-    input:
-        unpack(evaluate_inputs),
-    output:
-        # Read by the next round's selection only; removed once it has run (evaluation.keep_models
-        # keeps every model in the fine-tune cache instead).
-        model=temp(f"{ROUND}/model.pt"),
-        metrics=f"{ROUND}/metrics.json",
-    params:
-        recipe=train_recipe,
-        cfg=lambda w: finetune_cfg(w),
-        cache=FINETUNES,
-        share=share_model_flag,
-    threads: JOB_THREADS
-    resources:
-        gpu=FINETUNE_GPUS,
-        mem_mb=BIG_MEM_MB,
-        runtime=LONG_MINUTES,
-    priority: SELECTION_PRIORITY
-    log:
-        f"{ROUND}/logs/evaluate.log",
-    benchmark:
-        f"{ROUND}/benchmarks/evaluate.tsv"
-    conda:
-        CONDA_ENV
-    shell:
-        "asvp --log {log} --threads {threads} --gpus {resources.gpu} evaluate --config-json {params.cfg} --recipe {params.recipe} "
-        "--pool {input.pool} --labelled {input.labelled} --test {input.test} --seed {wildcards.seed} "
-        "--round {wildcards.r} --cache-dir {params.cache} {params.share} --model-out {output.model} "
-        "--out {output.metrics}"
+def finetune_params(wildcards):
+    """Config sections a fine-tune depends on (LP-FT adds its own)."""
+    extra = ["lpft"] if methods.method(wildcards.method).final_recipe != "ft" else []
+    return params("data", "backbone", "finetune", "evaluation", "device", *extra)
+
+
+# One definition, two rules: standard AL's fine-tune also writes the model its next round
+# selects with (a rule's outputs cannot depend on its wildcards).
+for KEEPS_MODEL in (False, True):
+
+    rule:
+        name:
+            "finetune_standard" if KEEPS_MODEL else "evaluate"
+        wildcard_constraints:
+            method=one_of(methods.names(lambda m: m.finetunes_every_round == KEEPS_MODEL)),
+        input:
+            unpack(evaluate_inputs),
+        output:
+            metrics=f"{ROUND}/metrics.json",
+            # Read by the next round's selection only; removed once it has run (evaluation.keep_models
+            # keeps every model in the fine-tune cache instead).
+            **({"model": temp(f"{ROUND}/model.pt")} if KEEPS_MODEL else {}),
+        params:
+            recipe=lambda w: methods.training_recipe(w.method),
+            decision=lambda w, input: f"--decision {input.decision}" if "decision" in input.keys() else "",
+            model_out=lambda w, output: f"--model-out {output.model}" if "model" in output.keys() else "",
+            cfg=finetune_params,
+            cache=FINETUNES,
+            share=lambda w: "--share-model" if int(w.r) == 0 and PLAN.shares_round0_model() else "",
+        threads: JOB_THREADS
+        resources:
+            gpu=FINETUNE.gpu,
+            mem_mb=FINETUNE.mem_mb,
+            runtime=FINETUNE.runtime,
+        priority: SELECTION_PRIORITY if KEEPS_MODEL else 0
+        log:
+            f"{ROUND}/logs/evaluate.log",
+        benchmark:
+            f"{ROUND}/benchmarks/evaluate.tsv"
+        conda:
+            CONDA_ENV
+        shell:
+            "asvp --log {log} --threads {threads} evaluate --gpus {resources.gpu} --config-json {params.cfg} "
+            "--recipe {params.recipe} {params.decision} --pool {input.pool} --labelled {input.labelled} "
+            "--test {input.test} --seed {wildcards.seed} --round {wildcards.r} --cache-dir {params.cache} "
+            "{params.share} {params.model_out} --out {output.metrics}"

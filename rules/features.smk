@@ -1,4 +1,4 @@
-# Stage 1 of SVPp/ASVP: fix the pool, pre-compute backbone features once.
+# Stage 1 of SVPp/ASVP: fix the pool, pre-compute backbone features once (asvp.steps.features).
 
 
 rule define_pool:
@@ -7,11 +7,11 @@ rule define_pool:
         test=f"{RES}/data/test.csv",
         info=f"{RES}/data/dataset.json",
     params:
-        cfg=cfg_json("data"),
+        cfg=params("data"),
     threads: 1
     resources:
-        mem_mb=SMALL_MEM_MB,
-        runtime=SHORT_MINUTES,
+        mem_mb=SMALL.mem_mb,
+        runtime=SMALL.runtime,
     log:
         f"{RES}/data/logs/define_pool.log",
     benchmark:
@@ -30,14 +30,13 @@ rule extract_pretrained:
     output:
         f"{RES}/features/pretrained.h5",
     params:
-        cfg=cfg_json("data", "backbone", "features", "device"),
+        cfg=params("data", "backbone", "features", "device"),
     threads: 2
     resources:
-        gpu=FINETUNE_GPUS,
-        mem_mb=BIG_MEM_MB,
-        runtime=LONG_MINUTES,
-    # Every proxy method's chain waits on it: ahead of the selection chains, or standard AL's
-    # chains keep both cores busy and the 2-thread extraction starts last (seen in a 7-method run).
+        gpu=FINETUNE.gpu,
+        mem_mb=FINETUNE.mem_mb,
+        runtime=FINETUNE.runtime,
+    # Every proxy method's chain waits on it: run it before the selection chains.
     priority: SELECTION_PRIORITY + 1
     log:
         f"{RES}/features/logs/extract_pretrained.log",
@@ -46,5 +45,5 @@ rule extract_pretrained:
     conda:
         CONDA_ENV
     shell:
-        "asvp --log {log} --threads {threads} --gpus {resources.gpu} extract --config-json {params.cfg} --pool {input.pool} "
-        "--test {input.test} --out {output}"
+        "asvp --log {log} --threads {threads} extract --gpus {resources.gpu} --config-json {params.cfg} "
+        "--pool {input.pool} --test {input.test} --out {output}"

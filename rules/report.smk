@@ -1,5 +1,6 @@
 # The experiment's tables (summarize) and the paper's yardstick on them (report_figures): the
-# figures and tables `snakemake --report report.html` gathers, with the captions in captions/.
+# figures and tables `snakemake --report report.html` gathers, with the captions in captions/
+# (asvp.steps.report).
 
 
 rule effective_config:
@@ -10,8 +11,8 @@ rule effective_config:
         layers=shlex.quote(" < ".join(["schema defaults", *CONFIG_LAYERS])),
     threads: 1
     resources:
-        mem_mb=SMALL_MEM_MB,
-        runtime=SHORT_MINUTES,
+        mem_mb=SMALL.mem_mb,
+        runtime=SMALL.runtime,
     log:
         f"{RES}/logs/effective_config.log",
     conda:
@@ -22,8 +23,8 @@ rule effective_config:
 
 rule summarize:
     input:
-        metrics=all_metrics(),
-        rounds=all_rounds(),
+        metrics=PLAN.metrics_files(),
+        rounds=PLAN.round_files(),
         # A plain path, not rules.define_pool.output.info: with the 3,600-file list above, that
         # made Snakemake hash the whole list once per item (1.1 s of a 900-round dry run).
         dataset=f"{RES}/data/dataset.json",
@@ -33,12 +34,12 @@ rule summarize:
         decisions=f"{RES}/decisions.csv",
         class_counts=f"{RES}/class_counts.csv",
     params:
-        n_rounds=N_ROUNDS,
+        n_rounds=PLAN.n_rounds,
         experiment_dir=lambda w, output: os.path.dirname(output.summary),
     threads: 1
     resources:
-        mem_mb=SMALL_MEM_MB,
-        runtime=SHORT_MINUTES,
+        mem_mb=SMALL.mem_mb,
+        runtime=SMALL.runtime,
     log:
         f"{RES}/logs/summarize.log",
     conda:
@@ -70,14 +71,14 @@ rule report_figures:
         counts=report(f"{REPORT}/class_counts.html", caption="captions/class_counts.rst", category="5. Per class"),
         config=report(f"{REPORT}/config.html", caption="captions/config.rst", category="6. Config"),
     params:
-        cfg=cfg_json("cost", "methods", "strategies", "seeds", "schedule", "evaluation", "decision", "data", "backbone",
+        cfg=params("cost", "methods", "strategies", "seeds", "schedule", "evaluation", "decision", "data", "backbone",
                      "finetune", "lpft", "proxy"),
         experiment_dir=lambda w, output: os.path.dirname(os.path.dirname(output.accuracy)),
         out_dir=lambda w, output: os.path.dirname(output.accuracy),
     threads: 1
     resources:
-        mem_mb=SMALL_MEM_MB,
-        runtime=SHORT_MINUTES,
+        mem_mb=SMALL.mem_mb,
+        runtime=SMALL.runtime,
     log:
         f"{RES}/logs/report_figures.log",
     conda:

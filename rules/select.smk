@@ -1,50 +1,73 @@
-# Each round's query: round 0 is a seeded random draw (ActiveFT on the pre-trained features for
-# the activeft strategy); later rounds score the pool with the method's selection model (proxy
-# methods train it in the same job); then the (simulated) oracle labels the batch and the
-# labelled set grows. With the simulated oracle that labelling, and for ASVP after round 0 the
-# decision (rules/decide.smk), run in the selection job itself (FUSED_ROUND, rules/common.smk);
-# with people, `request_labels` and `label` are jobs of their own. ActiveFT(pre) selects every
-# evaluation point afresh on the pre-trained features.
+# Each round's queries (asvp.steps.select): round 0 is a seeded random draw (or the strategy's
+# own cold start: ActiveFT on the pre-trained features); later rounds score the pool with the
+# method's selection model (asvp.methods: proxy, fine-tuned network, or none); ActiveFT(pre)
+# selects each evaluation point afresh. With the simulated oracle the selection job also labels
+# its batch (and for ASVP decides, rules/decide.smk), so a round is one job; with people,
+# request_labels and label are jobs of their own and the run waits for their answers.
 
-# A later round of a proxy or standard method with the activeft strategy matches both its own
-# rule and select_pretrained: its own rule wins (select_pretrained is for round 0 and ActiveFT(pre)).
-ruleorder: select_proxy > select_pretrained
-ruleorder: select_standard > select_pretrained
-if FUSED_ROUND:
 
-    ruleorder: select_proxy_decide > select_pretrained
+def label_step(previous=True, round_field="{wildcards.r}"):
+    """A selection job's last step: label the batch just selected (none with people)."""
+    if HUMAN_ORACLE:
+        return ""
+    grow = "--previous {input.labelled} " if previous else ""
+    return (
+        " && asvp --log {log.job} --timing {log.timing} --same-job label --selected {output.selected} "
+        f"--pool {{input.pool}} --dataset-json {{input.dataset}} {grow}--round {round_field} --out {{output.labelled}}"
+    )
+
+
+QUERY = (  # the Query every selection step takes (asvp.steps.select.Query)
+    "--strategy {wildcards.strategy} --budget {params.budget} --seed {wildcards.seed} --round {wildcards.r} "
+    "--pool {input.pool} --selected-out {output.selected} --scores-out {output.scores}"
+)
+LATER = r"(?!000)\d{3}"
+
+
+def cold_start(wildcards):
+    return STRATEGIES[wildcards.strategy].cold_start
+
+
+def initial_inputs(wildcards):
+    inputs = {"pool": rules.define_pool.output.pool, "dataset": rules.define_pool.output.info}
+    if cold_start(wildcards):
+        inputs["features"] = rules.extract_pretrained.output[0]
+    return inputs
 
 
 rule select_initial:
     wildcard_constraints:
-        strategy=r"(?!activeft)[a-z_]+",
+        method=one_of(methods.names(lambda m: not m.single_shot)),
     input:
-        pool=rules.define_pool.output.pool,
-        dataset=rules.define_pool.output.info,
+        unpack(initial_inputs),
     output:
         selected=f"{RUN}/round000/selected.csv",
-        **fused_outputs(f"{RUN}/round000"),
+        scores=f"{RUN}/round000/scores.npy",
+        **labelled_outputs(f"{RUN}/round000"),
     params:
         budget=BUDGETS[0],
-    threads: 1
+        cfg=lambda w: plan.params_json(config, strategy=w.strategy),
+        features=lambda w, input: f"--features {input.features}" if "features" in input.keys() else "",
+    threads: lambda w: JOB_THREADS if cold_start(w) else 1
     resources:
-        mem_mb=SMALL_MEM_MB,
-        runtime=SHORT_MINUTES,
+        gpu=lambda w: HEAVY.gpu if cold_start(w) else 0,
+        mem_mb=lambda w: HEAVY.mem_mb if cold_start(w) else SMALL.mem_mb,
+        runtime=lambda w: HEAVY.runtime if cold_start(w) else SMALL.runtime,
+    priority: SELECTION_PRIORITY
     log:
         **selection_logs(f"{RUN}/round000", "select_initial"),
     conda:
         CONDA_ENV
     shell:
-        job_steps(
-            "asvp --log {log.job} --timing {log.timing} select-initial --pool {input.pool} --budget {params.budget} "
-            "--seed {wildcards.seed} --out {output.selected}",
-            label_step(previous=False, round_field="0"),
-        )
+        "asvp --log {log.job} --timing {log.timing} --threads {threads} select-initial "
+        + QUERY.replace("{wildcards.r}", "0")
+        + " {params.features} --config-json {params.cfg}"
+        + label_step(previous=False, round_field="0")
 
 
-rule select_pretrained:
+rule select_single_shot:
     wildcard_constraints:
-        strategy="activeft",
+        method=one_of(SINGLE_SHOT),
     input:
         pool=rules.define_pool.output.pool,
         features=rules.extract_pretrained.output[0],
@@ -52,187 +75,176 @@ rule select_pretrained:
     output:
         selected=f"{ROUND}/selected.csv",
         scores=f"{ROUND}/scores.npy",
-        **fused_outputs(ROUND),
+        **labelled_outputs(ROUND),
     params:
-        budget=lambda w: cumulative_labels(BUDGETS)[int(w.r)],
-        cfg=select_cfg(),
+        budget=lambda w: PLAN.labels_after[int(w.r)],
+        cfg=lambda w: plan.params_json(config, strategy=w.strategy),
     threads: JOB_THREADS
     resources:
-        gpu=GPUS,
-        mem_mb=BIG_MEM_MB,
-        runtime=LONG_MINUTES,
+        gpu=HEAVY.gpu,
+        mem_mb=HEAVY.mem_mb,
+        runtime=HEAVY.runtime,
     priority: SELECTION_PRIORITY
     log:
         **selection_logs(ROUND),
     conda:
         CONDA_ENV
     shell:
-        job_steps(
-            "asvp --log {log.job} --timing {log.timing} --threads {threads} select-single-shot "
-            "--budget {params.budget} --seed {wildcards.seed} --round {wildcards.r} --pool {input.pool} "
-            "--features {input.features} --config-json {params.cfg} "
-            "--selected-out {output.selected} --scores-out {output.scores}",
-            label_step(previous=False),
-        )
+        "asvp --log {log.job} --timing {log.timing} --threads {threads} select-single-shot " + QUERY
+        + " --features {input.features} --config-json {params.cfg}" + label_step(previous=False)
 
 
-rule select_proxy:
+rule select_random:
     wildcard_constraints:
-        # ASVP's rounds after 0 decide in the same job (select_proxy_decide) unless people label.
-        method="|".join(("svpp",) if FUSED_ROUND else PROXY_METHODS),
-        r=r"(?!000)\d{3}",
+        method=one_of(methods.names(lambda m: m.selection == "random")),
+        r=LATER,
     input:
         pool=rules.define_pool.output.pool,
         dataset=rules.define_pool.output.info,
-        features=lambda w: proxy_features(w, prev_round(w)),
-        labelled=lambda w: round_file(w, "labelled.csv", prev_round(w)),
+        labelled=lambda w: previous(w, "labelled.csv"),
     output:
         selected=f"{ROUND}/selected.csv",
         scores=f"{ROUND}/scores.npy",
-        proxy=f"{ROUND}/proxy.pt",
-        weights=f"{ROUND}/proxy.npz",  # the same weights as arrays: the scoring step needs no torch
-        **fused_outputs(ROUND),
+        **labelled_outputs(ROUND),
     params:
         budget=lambda w: BUDGETS[int(w.r)],
-        # data and backbone: the features file's attributes are checked against them.
-        proxy_cfg=cfg_json("proxy", "data", "backbone"),
-        cfg=select_cfg("proxy"),
-    threads: JOB_THREADS
+    threads: 1
     resources:
-        mem_mb=PROXY_MEM_MB,
-        runtime=PROXY_MINUTES,
+        mem_mb=SMALL.mem_mb,
+        runtime=SMALL.runtime,
     priority: SELECTION_PRIORITY
     log:
         **selection_logs(ROUND),
     conda:
         CONDA_ENV
     shell:
-        job_steps(TRAIN_PROXY_STEP, SELECT_WITH_PROXY_STEP, label_step(previous=True))
+        "asvp --log {log.job} --timing {log.timing} select-random " + QUERY + " --labelled {input.labelled}"
+        + label_step()
 
 
-if FUSED_ROUND:
+def proxy_round_methods(decides):
+    """The proxy methods whose rounds select_proxy(_decide) runs: with people labelling, the
+    decision is a job of its own (rules/decide.smk), so select_proxy runs them all."""
+    if HUMAN_ORACLE:
+        return () if decides else methods.names(lambda m: m.selection == "proxy")
+    return methods.names(lambda m: m.selection == "proxy" and m.decides == decides)
 
-    rule select_proxy_decide:
-        # ASVP's round r > 0 with the simulated oracle: select_proxy, label, then decide with PED +
-        # LogME whether the features have become the bottleneck (rules/decide.smk has round 0's
-        # decision and the refresh that acts on it). Written out, not `use rule select_proxy`:
-        # `use rule ... with:` cannot change the shell command.
+
+# A proxy method's round: train the MLP proxy on the labelled samples' features (as they were
+# after the last round), score the pool with it, label; a method that decides then runs its
+# refresh decision on the new labels in the same job (rules/decide.smk has the rest). One
+# definition, two rules: a rule's outputs cannot depend on its wildcards, and only the deciding
+# methods write decision.json.
+for DECIDES in (False, True):
+
+    rule:
+        name:
+            "select_proxy_decide" if DECIDES else "select_proxy"
         wildcard_constraints:
-            method="|".join(ASVP_METHODS),
-            r=r"(?!000)\d{3}",
+            method=one_of(proxy_round_methods(DECIDES)),
+            r=LATER,
         input:
             pool=rules.define_pool.output.pool,
             dataset=rules.define_pool.output.info,
-            features=lambda w: proxy_features(w, prev_round(w)),
-            labelled=lambda w: round_file(w, "labelled.csv", prev_round(w)),
-            previous_decision=lambda w: round_file(w, "decision.json", prev_round(w)),
+            features=features_in_use,
+            labelled=lambda w: previous(w, "labelled.csv"),
+            **({"previous_decision": lambda w: previous(w, "decision.json")} if DECIDES else {}),
         output:
             selected=f"{ROUND}/selected.csv",
             scores=f"{ROUND}/scores.npy",
-            proxy=f"{ROUND}/proxy.pt",
             weights=f"{ROUND}/proxy.npz",
-            **fused_outputs(ROUND, decide=True),
+            **labelled_outputs(ROUND),
+            **({"decision": f"{ROUND}/decision.json"} if DECIDES else {}),
         params:
             budget=lambda w: BUDGETS[int(w.r)],
-            proxy_cfg=cfg_json("proxy", "data", "backbone"),
-            cfg=select_cfg("proxy"),
-            decision_cfg=decision_cfg,
+            # data and backbone: the features file's attributes are checked against them.
+            proxy_cfg=params("proxy", "data", "backbone"),
+            cfg=lambda w: plan.params_json(config, strategy=w.strategy),
+            decision_cfg=params("decision") if DECIDES else "",
         threads: JOB_THREADS
         resources:
-            mem_mb=PROXY_MEM_MB,
-            runtime=PROXY_MINUTES,
+            mem_mb=PROXY.mem_mb,
+            runtime=PROXY.runtime,
         priority: SELECTION_PRIORITY
         log:
             **selection_logs(ROUND),
         conda:
             CONDA_ENV
         shell:
-            job_steps(TRAIN_PROXY_STEP, SELECT_WITH_PROXY_STEP, label_step(previous=True), DECIDE_STEP)
+            "asvp --log {log.job} --timing {log.timing} --threads {threads} train-proxy --config-json {params.proxy_cfg} "
+            "--features {input.features} --labelled {input.labelled} --seed {wildcards.seed} --round {wildcards.r} "
+            "--weights-out {output.weights}"
+            " && asvp --log {log.job} --timing {log.timing} --same-job --threads {threads} select-proxy " + QUERY
+            + " --labelled {input.labelled} --features {input.features} --proxy-weights {output.weights} "
+            "--config-json {params.cfg}"
+            + label_step()
+            + (
+                " && asvp --log {log.job} --timing {log.timing} --same-job --threads {threads} decide "
+                "--config-json {params.decision_cfg} --method {wildcards.method} --features {input.features} "
+                "--labelled {output.labelled} --previous {input.previous_decision} --seed {wildcards.seed} "
+                "--round {wildcards.r} --out {output.decision}"
+                if DECIDES
+                else ""
+            )
 
 
-rule select_standard:
+rule select_model:
+    # Standard AL: select with the network fine-tuned on the previous round's labels.
     wildcard_constraints:
-        method="|".join(STANDARD_METHODS),
-        r=r"(?!000)\d{3}",
+        method=one_of(methods.names(lambda m: m.selection == "model")),
+        r=LATER,
     input:
         pool=rules.define_pool.output.pool,
         dataset=rules.define_pool.output.info,
-        model=lambda w: round_file(w, "model.pt", prev_round(w)),
-        labelled=lambda w: round_file(w, "labelled.csv", prev_round(w)),
+        model=lambda w: previous(w, "model.pt"),
+        labelled=lambda w: previous(w, "labelled.csv"),
     output:
         selected=f"{ROUND}/selected.csv",
         scores=f"{ROUND}/scores.npy",
-        **fused_outputs(ROUND),
+        **labelled_outputs(ROUND),
     params:
         budget=lambda w: BUDGETS[int(w.r)],
-        cfg=select_cfg("data", "evaluation", "device"),
+        cfg=lambda w: plan.params_json(config, "data", "evaluation", "device", strategy=w.strategy),
     threads: JOB_THREADS
     resources:
-        gpu=GPUS,
-        mem_mb=BIG_MEM_MB,
-        runtime=LONG_MINUTES,
+        gpu=HEAVY.gpu,
+        mem_mb=HEAVY.mem_mb,
+        runtime=HEAVY.runtime,
     priority: SELECTION_PRIORITY
     log:
         **selection_logs(ROUND),
     conda:
         CONDA_ENV
     shell:
-        job_steps(
-            "asvp --log {log.job} --timing {log.timing} --threads {threads} select --strategy {wildcards.strategy} "
-            "--budget {params.budget} --seed {wildcards.seed} --round {wildcards.r} --pool {input.pool} "
-            "--labelled {input.labelled} --model {input.model} --config-json {params.cfg} "
-            "--selected-out {output.selected} --scores-out {output.scores}",
-            label_step(previous=True),
-        )
+        "asvp --log {log.job} --timing {log.timing} --threads {threads} select-model " + QUERY
+        + " --labelled {input.labelled} --model {input.model} --config-json {params.cfg}" + label_step()
 
 
-rule select_random:
-    wildcard_constraints:
-        method="random",
-        r=r"(?!000)\d{3}",
-    input:
-        pool=rules.define_pool.output.pool,
-        dataset=rules.define_pool.output.info,
-        labelled=lambda w: round_file(w, "labelled.csv", prev_round(w)),
-    output:
-        selected=f"{ROUND}/selected.csv",
-        scores=f"{ROUND}/scores.npy",
-        **fused_outputs(ROUND),
-    params:
-        budget=lambda w: BUDGETS[int(w.r)],
-    priority: SELECTION_PRIORITY
-    threads: 1
-    resources:
-        mem_mb=SMALL_MEM_MB,
-        runtime=SHORT_MINUTES,
-    log:
-        **selection_logs(ROUND),
-    conda:
-        CONDA_ENV
-    shell:
-        job_steps(
-            "asvp --log {log.job} --timing {log.timing} select --strategy random --budget {params.budget} "
-            "--seed {wildcards.seed} --round {wildcards.r} --pool {input.pool} --labelled {input.labelled} "
-            "--selected-out {output.selected} --scores-out {output.scores}",
-            label_step(previous=True),
-        )
+def request_inputs(wildcards):
+    """The selection to show, and the proxy that made it (its predicted class is the hint)."""
+    inputs = {"selected": round_file(wildcards, "selected.csv"), "pool": rules.define_pool.output.pool,
+              "dataset": rules.define_pool.output.info}
+    if methods.method(wildcards.method).selection == "proxy" and int(wildcards.r) > 0:
+        inputs["weights"] = round_file(wildcards, "proxy.npz")
+        inputs["features"] = features_in_use(wildcards)
+    return inputs
 
 
 rule request_labels:
-    # Human oracle only: what a person must label this round; the run stops here until answered.
+    # People label: what a person must label this round; the run stops here until answered.
     input:
         unpack(request_inputs),
     output:
         request=f"{ROUND}/to_label.csv",
         sheet=f"{ROUND}/to_label.png",
     params:
-        cfg=cfg_json("data"),
+        cfg=params("data"),
         proxy=lambda w, input: f"--proxy-weights {input.weights} --features {input.features}" if "weights" in input.keys() else "",
-    priority: SELECTION_PRIORITY
     threads: 1
     resources:
-        mem_mb=SMALL_MEM_MB,
-        runtime=SHORT_MINUTES,
+        mem_mb=SMALL.mem_mb,
+        runtime=SMALL.runtime,
+    priority: SELECTION_PRIORITY
     log:
         f"{ROUND}/logs/request_labels.log",
     conda:
@@ -242,29 +254,38 @@ rule request_labels:
         "--dataset-json {input.dataset} {params.proxy} --out {output.request} --sheet {output.sheet}"
 
 
-if HUMAN_ORACLE:
+def label_inputs(wildcards):
+    folder = PLAN.run_dir(wildcards.method, wildcards.strategy, wildcards.seed)
+    inputs = {"selected": round_file(wildcards, "selected.csv"), "pool": rules.define_pool.output.pool,
+              "dataset": rules.define_pool.output.info, "request": round_file(wildcards, "to_label.csv"),
+              "answers": answers_of(wildcards)}
+    if int(wildcards.r) > 0 and not methods.method(wildcards.method).single_shot:
+        inputs["previous"] = previous(wildcards, "labelled.csv")
+    return inputs
 
-    localrules:
-        label,
 
-    rule label:
-        input:
-            unpack(label_inputs),
-        output:
-            f"{ROUND}/labelled.csv",
-        params:
-            flags=label_flags,
-        priority: SELECTION_PRIORITY
-        threads: 1
-        resources:
-            mem_mb=SMALL_MEM_MB,
-            runtime=SHORT_MINUTES,
-        log:
-            f"{ROUND}/logs/label.log",
-        benchmark:
-            f"{ROUND}/benchmarks/label.tsv"
-        conda:
-            CONDA_ENV
-        shell:
-            "asvp --log {log} label --selected {input.selected} --pool {input.pool} --dataset-json {input.dataset} {params.flags} "
-            "--round {wildcards.r} --out {output}"
+rule label:
+    # People label (oracle: human): their answers become the round's labels. With the simulated
+    # oracle the selection job labels, and this rule matches no method.
+    wildcard_constraints:
+        method=one_of(config["methods"] if HUMAN_ORACLE else ()),
+    input:
+        unpack(label_inputs),
+    output:
+        f"{ROUND}/labelled.csv",
+    params:
+        previous=lambda w, input: f"--previous {input.previous}" if "previous" in input.keys() else "",
+    threads: 1
+    resources:
+        mem_mb=SMALL.mem_mb,
+        runtime=SMALL.runtime,
+    priority: SELECTION_PRIORITY
+    log:
+        f"{ROUND}/logs/label.log",
+    benchmark:
+        f"{ROUND}/benchmarks/label.tsv"
+    conda:
+        CONDA_ENV
+    shell:
+        "asvp --log {log} label --selected {input.selected} --pool {input.pool} --dataset-json {input.dataset} "
+        "{params.previous} --answers {input.answers:q} --request {input.request} --round {wildcards.r} --out {output}"

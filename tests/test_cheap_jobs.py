@@ -72,23 +72,25 @@ def run_files(tmp_path: Path) -> Path:
 
 def test_select_initial_label_decide_random_select_and_a_pass_through_refresh_import_no_torch(run_files: Path) -> None:
     r0 = run_files / "round000"
-    assert_torch_free(asvp(run_files, "select-initial", "--pool", "pool.csv", "--budget", "15", "--seed", "0",
-                           "--out", "round000/selected.csv"))
+    assert_torch_free(asvp(run_files, "select-initial", "--strategy", "margin", "--pool", "pool.csv", "--budget", "15",
+                           "--seed", "0", "--round", "0", "--selected-out", "round000/selected.csv",
+                           "--scores-out", "round000/scores.npy"))
     assert_torch_free(asvp(run_files, "label", "--selected", "round000/selected.csv", "--pool", "pool.csv",
                            "--round", "0", "--out", "round000/labelled.csv"))
     decision = json.dumps({"decision": validate_config({"experiment": "t"})["decision"]})
-    assert_torch_free(asvp(run_files, "--threads", "2", "decide", "--config-json", decision, "--features", "features.h5",
+    assert_torch_free(asvp(run_files, "--threads", "2", "decide", "--config-json", decision, "--method", "asvp",
+                           "--features", "features.h5",
                            "--labelled", "round000/labelled.csv", "--seed", "0", "--round", "0",
                            "--out", "round000/decision.json"))
     assert read_json(r0 / "decision.json")["refresh_features"] is False  # round 0: keep
     assert_torch_free(asvp(run_files, "--threads", "2", "refresh-features", "--config-json", "{}",
                            "--decision", "round000/decision.json", "--pool", "pool.csv", "--test", "test.csv",
                            "--labelled", "round000/labelled.csv", "--previous-features", "features.h5",
-                           "--seed", "0", "--out", "round000/features.h5"))
+                           "--seed", "0", "--round", "0", "--cache-dir", "finetunes", "--out", "round000/features.h5"))
     assert (r0 / "features.h5").is_symlink() and (r0 / "features.h5").resolve() == (run_files / "features.h5").resolve()
     assert len((r0 / "labelled.csv").read_text().splitlines()) == 16
     # The random baseline's later rounds score with no model either.
-    assert_torch_free(asvp(run_files, "select", "--strategy", "random", "--budget", "10", "--seed", "0", "--round", "1",
+    assert_torch_free(asvp(run_files, "select-random", "--strategy", "random", "--budget", "10", "--seed", "0", "--round", "1",
                            "--pool", "pool.csv", "--labelled", "round000/labelled.csv",
                            "--selected-out", "round001/selected.csv", "--scores-out", "round001/scores.npy"))
     assert len((run_files / "round001/selected.csv").read_text().splitlines()) == 11
@@ -97,7 +99,7 @@ def test_select_initial_label_decide_random_select_and_a_pass_through_refresh_im
     np.savez(run_files / "proxy.npz", hidden_weight=rng.normal(size=(DIM, DIM)), hidden_bias=np.zeros(DIM),
              bn_weight=np.ones(DIM), bn_bias=np.zeros(DIM), bn_running_mean=np.zeros(DIM), bn_running_var=np.ones(DIM),
              classifier_weight=rng.normal(size=(CLASSES, DIM)), classifier_bias=np.zeros(CLASSES))
-    assert_torch_free(asvp(run_files, "--threads", "2", "select", "--strategy", "margin", "--budget", "10", "--seed", "0",
+    assert_torch_free(asvp(run_files, "--threads", "2", "select-proxy", "--strategy", "margin", "--budget", "10", "--seed", "0",
                            "--round", "1", "--pool", "pool.csv", "--labelled", "round000/labelled.csv",
                            "--features", "features.h5", "--proxy-weights", "proxy.npz", "--config-json", "{}",
                            "--selected-out", "proxy_round/selected.csv", "--scores-out", "proxy_round/scores.npy"))
@@ -107,7 +109,7 @@ def test_select_initial_label_decide_random_select_and_a_pass_through_refresh_im
 def test_the_import_report_does_see_torch_when_a_command_loads_it(run_files: Path) -> None:
     """Guards the test above against passing vacuously: train-proxy needs torch and must show it."""
     result = asvp(run_files, "--threads", "1", "train-proxy", "--config-json", '{"proxy": {}}', "--features", "missing.h5",
-                  "--labelled", "missing.csv", "--seed", "0", "--round", "1", "--out", "proxy.pt")
+                  "--labelled", "missing.csv", "--seed", "0", "--round", "1", "--weights-out", "proxy.npz")
     assert result.returncode == 2 and "missing.h5 does not exist" in result.stderr, result.stderr
     assert "'torch'" in result.stdout, result.stdout + result.stderr
 
@@ -120,22 +122,27 @@ def _proxy_weights(path: Path) -> None:
 
 
 @pytest.mark.parametrize("strategy", ["margin", "coreset", "badge", "activeft"])
-def test_proxy_selection_streams_the_pool_and_equals_the_in_memory_selection(run_files: Path, strategy: str) -> None:
+def test_proxy_selection_streams_the_pool_and_equals_the_in_memory_selection(run_files: Path, strategy: str,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The select job's streamed scoring (chunks of 7 rows, embeddings through .npy memory maps)
     picks exactly what the strategy picks on the whole pool's proxy outputs held in memory."""
     from asvp.features import load_rows
     from asvp.pool import read_labelled, unlabelled_indices
     from asvp.proxy_scoring import load_weights, proxy_chunks
-    from asvp.queries import round_rng, select_initial, label_round, select_with_proxy
+    from asvp.steps import select as steps
+    from asvp.steps.select import Query, label_round, round_rng
     from asvp.strategies import PoolState, get_strategy
 
-    select_initial(run_files / "pool.csv", 15, 0, run_files / "r0" / "selected.csv")
+    (run_files / "r0").mkdir()
+    steps.select_initial(Query("margin", 15, 0, 0, str(run_files / "pool.csv"), None, str(run_files / "r0" / "selected.csv"),
+                               str(run_files / "r0" / "scores.npy")))
     label_round(run_files / "r0" / "selected.csv", run_files / "pool.csv", None, 0, run_files / "r0" / "labelled.csv")
     _proxy_weights(run_files / "proxy.npz")
     out = run_files / "r1"
-    select_with_proxy(strategy, 10, 0, 1, run_files / "pool.csv", run_files / "r0" / "labelled.csv", run_files / "features.h5",
-                      run_files / "proxy.npz", out / "selected.csv", out / "scores.npy",
-                          {"proxy": {"inference_batch_size": 7}})
+    monkeypatch.setattr(steps, "PROXY_INFERENCE_BATCH", 7)
+    steps.select_proxy(Query(strategy, 10, 0, 1, str(run_files / "pool.csv"), str(run_files / "r0" / "labelled.csv"),
+                             str(out / "selected.csv"), str(out / "scores.npy")),
+                       str(run_files / "features.h5"), str(run_files / "proxy.npz"))
     streamed = pd.read_csv(out / "selected.csv")["pool_index"].to_numpy()
     assert not list(out.glob("proxy_*.npy"))  # the embeddings files are gone once selected.csv exists
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from asvp.errors import DataError
-from asvp.evaluation import _guard, divergence
+from asvp.finetune import _guard, divergence
 from asvp.training import Classifier, Stage, TrainRecipe, batch_positions, fit_linear_probe, lr_factor, plan_stage, train
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

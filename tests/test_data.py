@@ -315,7 +315,7 @@ def test_bad_images_skip_drops_them_from_the_pool_and_lists_them(tmp_path: Path,
     import pandas as pd
 
     from asvp.config import validate_config
-    from asvp.rounds import define_pool
+    from asvp.steps.features import define_pool
 
     _write_tree(tmp_path / "data", {"train": {"cat": 3, "dog": 2}, "test": {"cat": 1, "dog": 1}})
     bad = tmp_path / "data" / "train" / "cat" / "1.jpg"

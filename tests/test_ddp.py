@@ -341,7 +341,7 @@ def test_an_evaluate_job_given_two_gpus_fine_tunes_in_two_processes_to_the_one_p
 
     from asvp import cli
     from asvp.config import validate_config
-    from asvp.rounds import define_pool
+    from asvp.steps.features import define_pool
 
     config = validate_config({
         "experiment": "unit", "device": "cpu",
@@ -358,7 +358,7 @@ def test_an_evaluate_job_given_two_gpus_fine_tunes_in_two_processes_to_the_one_p
     metrics = {}
     for gpus in (0, 2):
         out = tmp_path / f"metrics_{gpus}.json"
-        assert cli.main(["--threads", "2", "--gpus", str(gpus), "evaluate", "--config-json", excerpt, "--recipe", "ft",
+        assert cli.main(["--threads", "2", "evaluate", "--gpus", str(gpus), "--config-json", excerpt, "--recipe", "ft",
                          "--pool", str(data / "pool.csv"), "--labelled", str(tmp_path / "labelled.csv"),
                          "--test", str(data / "test.csv"), "--seed", "0", "--round", "0",
                          "--cache-dir", str(tmp_path / f"cache_{gpus}"), "--out", str(out)]) == 0

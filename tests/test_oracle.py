@@ -12,7 +12,7 @@ from PIL import Image
 from asvp.data.sources import ArraySource
 from asvp.errors import DataError
 from asvp.oracle import answered, answers_path, read_answers, read_request, write_request
-from asvp.queries import label_round
+from asvp.steps.select import label_round
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress, long"]
 

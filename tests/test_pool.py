@@ -1,4 +1,4 @@
-"""Tests for asvp.pool and asvp.queries: the files that pass between rounds, and their validation."""
+"""Tests for asvp.pool and the query steps (asvp.steps.select): the files that pass between rounds, and their validation."""
 
 from __future__ import annotations
 
@@ -20,10 +20,17 @@ from asvp.pool import (
     subset_indices,
     unlabelled_indices,
 )
-from asvp.queries import label_round, select_initial
+from asvp.steps.select import Query, label_round
+from asvp.steps.select import select_initial as select_initial_step
 
 POOL_SIZE = 40
 NUM_CLASSES = 10
+
+
+def select_initial(pool_csv: Path, budget: int, seed: int, out: Path) -> None:
+    """Round 0's seeded random draw into `out` (its scores beside it)."""
+    select_initial_step(Query("margin", budget, seed, 0, str(pool_csv), None, str(out), str(out.with_suffix(".npy"))))
+
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from asvp.report import summarize
+from asvp.tables import summarize
 
 BENCHMARK_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time"
 
@@ -123,7 +123,7 @@ def test_unexpected_metrics_path_raises(tmp_path: Path) -> None:
 
 
 def test_the_run_notice_shows_mean_accuracy_and_names_every_diverged_fine_tune(tmp_path: Path) -> None:
-    from asvp.report import run_notice
+    from asvp.tables import run_notice
 
     summary = tmp_path / "summary.csv"
     pd.DataFrame(
@@ -140,7 +140,7 @@ def test_the_run_notice_shows_mean_accuracy_and_names_every_diverged_fine_tune(t
 
 
 def test_round_tables_cover_every_round_with_decisions_and_class_counts_by_name(tmp_path: Path) -> None:
-    from asvp.report import write_round_tables
+    from asvp.tables import write_round_tables
 
     exp = tmp_path / "results" / "tiny"
     _benchmark(exp / "features" / "benchmarks" / "extract_pretrained.tsv", 42.0)
@@ -173,7 +173,7 @@ def test_round_tables_cover_every_round_with_decisions_and_class_counts_by_name(
 
 
 def test_a_fine_tune_on_several_gpus_is_charged_its_gpu_seconds(tmp_path: Path) -> None:
-    from asvp.report import _finetune_columns
+    from asvp.tables import _finetune_columns
 
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"finetune_key": "k", "train_seconds": 100.0, "test_seconds": 5.0, "processes": 4}))

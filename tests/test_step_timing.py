@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from asvp.errors import AsvpError
-from asvp.report import stage_seconds
+from asvp.tables import stage_seconds
 from asvp.step_timing import COLUMNS, stage_of_command, write_step_benchmark
 
 
@@ -47,7 +47,7 @@ def test_appending_to_a_file_that_is_not_a_step_record_is_refused(tmp_path: Path
 
 
 def test_stage_names_are_the_rules_benchmark_names() -> None:
-    assert [stage_of_command(c) for c in ("train-proxy", "select", "select-single-shot", "select-initial", "label")] == [
+    assert [stage_of_command(c) for c in ("train-proxy", "select-proxy", "select-single-shot", "select-initial", "label")] == [
         "train_proxy", "select", "select", "select_initial", "label"]
 
 
@@ -63,8 +63,8 @@ def test_one_job_log_holds_every_step(tmp_path: Path) -> None:
     def asvp(*args: str) -> None:  # a process of its own, as in a job: its output goes to the log
         subprocess.run([sys.executable, "-m", "asvp", *first, *args], check=True, capture_output=True)
 
-    asvp("select-initial", "--pool", str(tmp_path / "pool.csv"), "--budget", "3", "--seed", "0",
-         "--out", str(tmp_path / "selected.csv"))
+    asvp("select-initial", "--strategy", "margin", "--pool", str(tmp_path / "pool.csv"), "--budget", "3", "--seed", "0",
+         "--round", "0", "--selected-out", str(tmp_path / "selected.csv"), "--scores-out", str(tmp_path / "scores.npy"))
     asvp("--same-job", "label", "--selected", str(tmp_path / "selected.csv"), "--pool", str(tmp_path / "pool.csv"),
          "--round", "0", "--out", str(tmp_path / "labelled.csv"))
     text = log.read_text()

@@ -327,7 +327,7 @@ class _Unaugmented(Dataset):
 def test_with_several_gpus_a_job_takes_the_one_with_most_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from asvp import rounds
+    from asvp import device as rounds
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from asvp import yardstick
+from asvp import report as yardstick
 from test_costs import _pilot
 
 CONFIG = {"cost": {"label_price": 0.036, "compute_price_per_hour": 3.0, "cpu_to_gpu_factor": 1.0}}

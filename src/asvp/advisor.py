@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from asvp import costs
+from asvp import costs, methods
 from asvp.errors import DataError
 
 ASVP_LIKE = ("asvp",)
@@ -50,9 +50,12 @@ def break_even(asvp: pd.Series, standard: pd.Series, gpu_hour_price: float) -> s
             f"(it needs {-label_gap:.0f} more labels but saves {-compute_gap:.4f} USD of compute)")
 
 
-def advise(experiment_dir: str | Path, label_price: float, gpu_hour_price: float, target_accuracy: float | None = None,
+def advise(experiment: str | Path, label_price: float, gpu_hour_price: float, target_accuracy: float | None = None,
            cpu_to_gpu_factor: float = 1.0) -> str:
-    experiment_dir = Path(experiment_dir)
+    """From a finished (pilot) run, results/<experiment>: which method reaches a target accuracy
+    (default: the random baseline's final one) at the lowest cost at these prices (USD per label,
+    per GPU hour; cpu_to_gpu_factor: GPU hours per CPU hour measured, when the pilot ran on a CPU)."""
+    experiment_dir = Path(experiment)
     summary, rounds = _load(experiment_dir)
     prices = costs.Prices.from_config({"label_price": label_price, "compute_price_per_hour": gpu_hour_price,
                                        "cpu_to_gpu_factor": cpu_to_gpu_factor})
@@ -96,7 +99,7 @@ def advise(experiment_dir: str | Path, label_price: float, gpu_hour_price: float
     for (method, strategy), asvp in means.iterrows():
         if method not in ASVP_LIKE:
             continue
-        for standard_method in costs.STANDARD_METHODS:
+        for standard_method in methods.names(lambda m: m.finetunes_every_round):
             if (standard_method, strategy) in means.index:
                 standard = means.loc[(standard_method, strategy)]
                 lines.append("Break-even: " + break_even(

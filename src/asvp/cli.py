@@ -1,205 +1,117 @@
-"""Thin command-line layer the Snakemake rules call: `python -m asvp <command> ...`.
+"""The command line the Snakemake rules call: `asvp <command> ...`, one command per step.
 
-Each command parses paths and a JSON config excerpt (only the sections the step depends on,
-so that Snakemake's params trigger reruns exactly the steps a change affects) and calls one
-function in `asvp.rounds`, `asvp.queries`, `asvp.decision` or `asvp.report`. The cheap
-commands (`label`, `select-initial`, `decide`, random and proxy `select`, a pass-through `refresh-features`) never import
-torch (tests/test_cheap_jobs.py). User errors print one line and exit with status 2.
+`COMMANDS` maps each command to one step function (asvp.steps.*); its options are built from
+the function's signature: a parameter `foo_bar: int` is `--foo-bar N`, `config` is
+`--config-json` (the JSON excerpt of the validated config a rule passes, so that Snakemake's
+params rerun exactly the steps a change affects), a dataclass parameter contributes its fields,
+a `bool` is a flag, a `list[str]` takes several values, a default makes the option optional.
+User errors print one line and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
+import importlib
+import inspect
 import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from asvp.errors import AsvpError
 
 
-# Where a step's time goes, printed at its end (benchmarks/round_overhead.py reads it from the
-# logs): the job's wall time minus the step is interpreter start-up and importing this CLI.
-STEP_CLOCK: dict[str, float] = {}
+@dataclass(frozen=True)
+class Command:
+    target: str  # "module:function"
+    stage: str  # the timing record's name (the rules' benchmark files; asvp.step_timing)
+    torch: bool = False  # imports torch (timed and set to the job's threads before the step)
+
+    def function(self) -> Callable[..., Any]:
+        module, name = self.target.split(":")
+        return getattr(importlib.import_module(module), name)
 
 
-def _config(args: argparse.Namespace) -> dict[str, Any]:
-    return json.loads(args.config_json)
+COMMANDS: dict[str, Command] = {
+    # rules/features.smk
+    "define-pool": Command("asvp.steps.features:define_pool", "define_pool", torch=True),
+    "extract": Command("asvp.steps.features:extract", "extract", torch=True),
+    # rules/select.smk
+    "select-initial": Command("asvp.steps.select:select_initial", "select_initial"),
+    "select-single-shot": Command("asvp.steps.select:select_single_shot", "select", torch=True),
+    "select-random": Command("asvp.steps.select:select_random", "select"),
+    "train-proxy": Command("asvp.steps.select:train_proxy", "train_proxy", torch=True),
+    "select-proxy": Command("asvp.steps.select:select_proxy", "select"),
+    "select-model": Command("asvp.steps.select:select_model", "select", torch=True),
+    "request-labels": Command("asvp.steps.select:request_labels", "request_labels"),
+    "label": Command("asvp.steps.select:label", "label"),
+    # rules/decide.smk
+    "decide": Command("asvp.steps.decide:decide", "decide"),
+    "refresh-features": Command("asvp.steps.decide:refresh_features", "refresh_features"),  # torch only to refresh
+    # rules/evaluate.smk
+    "evaluate": Command("asvp.steps.evaluate:evaluate", "evaluate", torch=True),
+    # rules/report.smk
+    "summarize": Command("asvp.steps.report:summarize", "summarize"),
+    "report": Command("asvp.steps.report:report", "report"),
+    "write-config": Command("asvp.steps.report:write_config", "write_config"),
+    # for people, not rules
+    "validate-config": Command("asvp.config:validated_json", "validate_config"),
+    "advise": Command("asvp.advisor:advise", "advise"),
+}
 
 
-def _torch_threads(threads: int | None) -> None:
-    """Apply the rule's thread count; called only by the steps that compute with torch.
-
-    `import torch` alone costs 3-5 s on a busy 2-core machine: more than the whole work of
-    `label`, `decide` or a pass-through `refresh-features`, so those never get here.
-    """
-    started = time.perf_counter()
-    import torch
-
-    STEP_CLOCK["import_torch"] = time.perf_counter() - started
-    if threads:
-        torch.set_num_threads(threads)
-
-
-def run_torch_free(args: argparse.Namespace) -> bool:
-    """Run the cheap commands, which never import torch; False when `args` is not one of them."""
-    if args.command in ("select-initial", "label"):
-        from asvp import queries
-
-        if args.command == "select-initial":
-            queries.select_initial(args.pool, args.budget, args.seed, args.out)
+def _options(parser: argparse.ArgumentParser, function: Callable[..., Any]) -> None:
+    """Add one option per parameter of `function` (dataclass parameters: one per field)."""
+    hints = typing.get_type_hints(function)
+    for name, parameter in inspect.signature(function).parameters.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            field_hints = typing.get_type_hints(kind)
+            for field in dataclasses.fields(kind):
+                _option(parser, field.name, field_hints[field.name], inspect.Parameter.empty)
         else:
-            classes = None
-            if args.dataset_json:
-                from asvp.atomic import read_json
+            _option(parser, name, kind, parameter.default)
 
-                classes = read_json(args.dataset_json)["classes"]
-            queries.label_round(args.selected, args.pool, args.previous, args.round, args.out, classes, args.answers,
-                                args.request)
-    elif args.command == "request-labels":
-        from asvp import queries
 
-        queries.request_labels(args.selected, args.pool, args.dataset_json, _config(args)["data"], args.out,
-                               args.sheet, args.proxy_weights, args.features)
-    elif args.command == "select" and not _needs_model(args.strategy):
-        from asvp import queries
-
-        queries.apply_strategy(args.strategy, args.budget, args.seed, args.round, args.pool, args.labelled,
-                               args.selected_out, args.scores_out, config=_config(args))
-    elif args.command == "select" and args.proxy_weights:
-        from asvp import queries
-
-        queries.select_with_proxy(
-            args.strategy, args.budget, args.seed, args.round, args.pool, args.labelled, args.features,
-            args.proxy_weights, args.selected_out, args.scores_out, _config(args),
-        )
-    elif args.command == "summarize":
-        from asvp import report
-
-        frame = report.summarize(args.experiment_dir, args.metrics, args.out)
-        if args.rounds_out:
-            runs = sorted(set(zip(frame["method"], frame["strategy"], frame["seed"].astype(int))))
-            report.write_round_tables(args.experiment_dir, runs, args.rounds, args.dataset_json, args.rounds_out,
-                                      args.decisions_out, args.class_counts_out)
-    elif args.command == "report":
-        from asvp import yardstick
-
-        yardstick.build(args.experiment_dir, _config(args), args.out_dir)
-    elif args.command == "advise":
-        from asvp.advisor import advise
-
-        print(advise(args.experiment, args.label_price, args.gpu_hour_price, args.target_accuracy, args.cpu_to_gpu_factor))
-    elif args.command == "write-config":
-        from asvp.config import write_effective_config
-
-        write_effective_config(_config(args), args.layers, args.out)
-    elif args.command == "validate-config":
-        from asvp.config import load_config
-
-        print(json.dumps(load_config(args.configfile), indent=2))
-    elif args.command == "decide":
-        from asvp.decision import decide
-
-        record = decide(
-            args.features, args.labelled, args.previous, args.round, _config(args)["decision"], args.seed, args.out
-        )
-        print(f"verdict {record['verdict']}: {record['reason']}")
-    elif args.command == "refresh-features" and not refresh_requested(args.decision):
-        from asvp import features as feature_store
-
-        feature_store.link_features(args.previous_features, args.out)
-        print("kept (linked to the previous features)")
+def _option(parser: argparse.ArgumentParser, name: str, kind: Any, default: Any) -> None:
+    flag = "--config-json" if name == "config" else f"--{name.replace('_', '-')}"
+    optional = type(None) in typing.get_args(kind)
+    base = next((a for a in typing.get_args(kind) if a is not type(None)), kind) if optional else kind
+    if base is bool:
+        parser.add_argument(flag, dest=name, action="store_true")
+    elif typing.get_origin(base) is list:
+        parser.add_argument(flag, dest=name, nargs="+", required=default is inspect.Parameter.empty)
     else:
-        return False
-    return True
+        convert = {int: int, float: float}.get(base, json.loads if name == "config" else str)
+        required = default is inspect.Parameter.empty and not optional
+        parser.add_argument(flag, dest=name, type=convert, required=required,
+                            default=None if default is inspect.Parameter.empty else default)
 
 
-def _needs_model(strategy_name: str) -> bool:
-    from asvp.queries import needs_model
-
-    return needs_model(strategy_name)
-
-
-def refresh_requested(decision_path: str) -> bool:
-    """What the round's decision.json says about the features (as `rounds.refresh_features` reads it)."""
-    from asvp.atomic import read_json
-
-    return bool(read_json(decision_path)["refresh_features"])
-
-
-def _job_processes(config: dict[str, Any], gpus: int) -> int:
-    """Data-parallel processes for this job: one per GPU it was given, when it runs on CUDA."""
-    from asvp import distributed
-    from asvp.rounds import resolve_device
-
-    processes = distributed.job_processes(resolve_device(config["device"]), gpus)
-    if processes > 1:
-        print(f"data-parallel over {processes} GPUs (gpus_per_job)")
-    return processes
+def _call(function: Callable[..., Any], args: argparse.Namespace) -> Any:
+    """Call `function` with the parsed options, rebuilding its dataclass arguments."""
+    hints = typing.get_type_hints(function)
+    values = vars(args)
+    kwargs = {}
+    for name in inspect.signature(function).parameters:
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = hints[name](**{f.name: values[f.name] for f in dataclasses.fields(hints[name])})
+        else:
+            kwargs[name] = values[name]
+    return function(**kwargs)
 
 
-def run_command(args: argparse.Namespace) -> None:
-    """Dispatch one parsed command to the library (imports are local: `--help` stays fast)."""
-    if run_torch_free(args):
-        return
-    _torch_threads(args.threads)
-    from asvp import rounds
-
-    if args.command == "define-pool":
-        rounds.define_pool(_config(args), args.pool, args.test, args.info)
-    elif args.command == "extract":
-        config = _config(args)
-        rounds.extract(config, args.pool, args.test, args.out, model_path=args.model,
-                       processes=_job_processes(config, args.gpus))
-    elif args.command == "train-proxy":
-        config = _config(args)
-        expected = rounds.features_identity(config) if "backbone" in config and "data" in config else None
-        rounds.train_proxy_round(args.features, args.labelled, config["proxy"], args.seed, args.round, args.out,
-                                 args.weights_out, expected)
-    elif args.command == "select":
-        rounds.select_round(
-            args.strategy, args.budget, args.seed, args.round, args.pool, args.labelled, args.selected_out,
-            args.scores_out, features_path=args.features, proxy_path=args.proxy, model_path=args.model,
-            config=_config(args),
-        )
-    elif args.command == "select-single-shot":
-        from asvp import queries
-
-        queries.select_on_pretrained_features(args.budget, args.seed, args.round, args.pool, args.features,
-                                              args.selected_out, args.scores_out, _config(args))
-    elif args.command == "refresh-features":
-        from asvp import evaluation
-
-        config = _config(args)
-        refreshed = evaluation.refresh_features(
-            config, args.decision, args.pool, args.test, args.labelled, args.previous_features, args.seed,
-            args.out, cache_dir=args.cache_dir, round_index=args.round, processes=_job_processes(config, args.gpus),
-        )
-        print("refreshed" if refreshed else "kept (linked to the previous features)")
-    elif args.command == "evaluate":
-        from asvp import evaluation
-
-        recipe = evaluation.recipe_for(args.recipe, args.decision)
-        config = _config(args)
-        metrics = evaluation.finetune_and_evaluate(
-            config, recipe, args.pool, args.labelled, args.test, args.seed, args.out,
-            cache_dir=args.cache_dir, model_out=args.model_out, share_model=args.share_model, round_index=args.round,
-            processes=_job_processes(config, args.gpus),
-        )
-        print(f"{recipe} accuracy {metrics['accuracy']:.4f} ({metrics['status']})")
-    else:  # pragma: no cover - argparse rejects unknown commands
-        raise ValueError(args.command)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `only`, just that command gets its options (the others' step modules,
+    and with them numpy or h5py, are then not imported: a cheap step starts faster)."""
     parser = argparse.ArgumentParser(prog="asvp", description="asvp-flow steps, called by the Snakemake rules")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (rules pass {threads})")
-    parser.add_argument("--gpus", type=int, default=0,
-                        help="GPUs the job was given (rules pass {resources.gpu}): a fine-tune or extraction on CUDA "
-                             "runs one data-parallel process per GPU")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads of the job (rules pass {threads})")
     parser.add_argument("--log", default=None, help="write the output to this log and append it to <log>.attempts")
     parser.add_argument("--timing", default=None,
                         help="record this step's wall seconds, peak memory and CPU seconds in this file, in the "
@@ -207,128 +119,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--same-job", action="store_true",
                         help="a later step of the job whose first step wrote --log and --timing: append to both")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def add(name: str, help_text: str, *, config: bool = False) -> argparse.ArgumentParser:
-        command_parser = sub.add_parser(name, help=help_text)
-        if config:
-            command_parser.add_argument("--config-json", required=True, help="JSON excerpt of the validated config")
-        return command_parser
-
-    p = add("validate-config", "validate a config file; print it with defaults filled in")
-    p.add_argument("configfile")
-
-    p = add("write-config", "write the effective config of a run (results/<experiment>/config.yaml)", config=True)
-    p.add_argument("--layers", required=True, help="the config layers it was merged from, lowest first")
-    p.add_argument("--out", required=True)
-
-    p = add("define-pool", "write pool.csv, test.csv and dataset.json (seeded subsets)", config=True)
-    for name in ("--pool", "--test", "--info"):
-        p.add_argument(name, required=True)
-
-    p = add("extract", "extract backbone features of pool and test images to HDF5", config=True)
-    for name in ("--pool", "--test", "--out"):
-        p.add_argument(name, required=True)
-    p.add_argument("--model", help="fine-tuned model.pt (feature refresh); default: the pre-trained backbone")
-
-    p = add("select-initial", "round 0: seeded random draw")
-    p.add_argument("--pool", required=True)
-    p.add_argument("--budget", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--out", required=True)
-
-    p = add("train-proxy", "train the MLP proxy on the labelled features", config=True)
-    for name in ("--features", "--labelled", "--out"):
-        p.add_argument(name, required=True)
-    p.add_argument("--weights-out", help="also write the weights as arrays (proxy.npz) for torch-free scoring")
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--round", type=int, required=True)
-
-    p = add("select", "score the unlabelled pool with a strategy and select a batch")
-    p.add_argument("--strategy", required=True)
-    for name in ("--budget", "--seed", "--round"):
-        p.add_argument(name, type=int, required=True)
-    for name in ("--pool", "--labelled", "--selected-out", "--scores-out"):
-        p.add_argument(name, required=True)
-    p.add_argument("--features", help="pool features (proxy selection)")
-    p.add_argument("--proxy", help="trained proxy (proxy selection)")
-    p.add_argument("--proxy-weights", help="the proxy's weights as arrays (proxy.npz): scores without torch")
-    p.add_argument("--model", help="fine-tuned model.pt (standard AL selection)")
-    p.add_argument("--config-json", default="{}")
-
-    p = add("select-single-shot", "ActiveFT on the pre-trained features of the whole pool, no labels (ActiveFT(pre))",
-            config=True)
-    for name in ("--budget", "--seed", "--round"):
-        p.add_argument(name, type=int, required=True)
-    for name in ("--pool", "--features", "--selected-out", "--scores-out"):
-        p.add_argument(name, required=True)
-
-    p = add("label", "the oracle: label the selection (simulated, or a person's answers) and append it to the labelled set")
-    for name in ("--selected", "--pool", "--out"):
-        p.add_argument(name, required=True)
-    p.add_argument("--dataset-json", help="dataset.json: adds class names to labelled.csv")
-    p.add_argument("--answers", help="a person's answers: labels/roundNNN.csv or a folder per class (human oracle)")
-    p.add_argument("--request", help="the round's to_label.csv the answers refer to (human oracle)")
-    p.add_argument("--previous", help="labelled set of the previous round (absent in round 0)")
-    p.add_argument("--round", type=int, required=True)
-
-    p = add("request-labels", "human oracle: write to_label.csv and a contact sheet of the round's selection",
-            config=True)
-    for name in ("--selected", "--pool", "--dataset-json", "--out", "--sheet"):
-        p.add_argument(name, required=True)
-    p.add_argument("--proxy-weights", help="the round's proxy.npz: its predicted class is the hint")
-    p.add_argument("--features", help="the features the proxy read")
-
-
-    p = add("decide", "ASVP: PED + LogME decision whether to refresh the features", config=True)
-    for name in ("--features", "--labelled", "--out"):
-        p.add_argument(name, required=True)
-    p.add_argument("--previous", help="previous round's decision.json (absent in round 0)")
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--round", type=int, required=True)
-
-    p = add("refresh-features", "ASVP: fine-tune and re-extract, or link the previous features", config=True)
-    for name in ("--decision", "--pool", "--test", "--labelled", "--previous-features", "--out"):
-        p.add_argument(name, required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--round", type=int, default=None)
-    p.add_argument("--cache-dir", help="fine-tune cache (shared with evaluate)")
-
-    p = add("evaluate", "fine-tune the pre-trained backbone on the labelled set, then test accuracy", config=True)
-    p.add_argument("--recipe", choices=["ft", "lpft", "auto"], required=True, help="auto: as decision.json says")
-    for name in ("--pool", "--labelled", "--test", "--out", "--cache-dir"):
-        p.add_argument(name, required=True)
-    p.add_argument("--model-out", help="also write the fine-tuned model (a later step reads it)")
-    p.add_argument("--share-model", action="store_true", help="keep the model in the cache for other jobs")
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--round", type=int, default=None)
-    p.add_argument("--decision", help="the round's decision.json (with --recipe auto)")
-
-    p = add("summarize", "collect every round's metrics and timings into summary.csv")
-    p.add_argument("--experiment-dir", required=True)
-    p.add_argument("--metrics", nargs="+", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--rounds", type=int, default=0, help="rounds in the schedule (for rounds.csv)")
-    for name in ("--dataset-json", "--rounds-out", "--decisions-out", "--class-counts-out"):
-        p.add_argument(name)
-
-    p = add("report", "saving ratios, costs, time model, per-class tables and figures for the report", config=True)
-    p.add_argument("--experiment-dir", required=True)
-    p.add_argument("--out-dir", required=True)
-
-    p = add("advise", "from a finished (pilot) run: which method reaches a target accuracy at the lowest cost")
-    p.add_argument("--experiment", required=True, help="results/<experiment> of a finished run")
-    p.add_argument("--label-price", type=float, required=True, help="USD per label")
-    p.add_argument("--gpu-hour-price", type=float, required=True, help="USD per GPU hour")
-    p.add_argument("--target-accuracy", type=float, help="default: the random baseline's final accuracy")
-    p.add_argument("--cpu-to-gpu-factor", type=float, default=1.0,
-                   help="GPU hours per CPU hour measured, when the pilot ran on a CPU (default 1)")
+    for name, command in COMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name)
+            continue
+        function = command.function()
+        summary = (inspect.getdoc(function) or "").split("\n\n")[0].replace("\n", " ")
+        _options(sub.add_parser(name, help=summary, description=summary), function)
     return parser
+
+
+def run_command(args: argparse.Namespace) -> None:
+    """Run the step of one parsed command (a value it returns is printed)."""
+    from asvp import device
+
+    command = COMMANDS[args.command]
+    if args.threads:
+        device.JOB_THREADS[:] = [args.threads]
+    if command.torch:
+        device.import_torch()
+    result = _call(command.function(), args)
+    if result is not None:
+        print(result)
 
 
 def _limit_math_threads(threads: int | None) -> None:
     """Keep numpy's BLAS to the rule's threads (1 when none are given).
 
-    OpenBLAS otherwise starts one thread per core in every job: on the 2-core default, `decide`
+    OpenBLAS otherwise starts one thread per core in every job: on a 2-core machine, `decide`
     or a numpy scoring pass running beside a 1-thread fine-tune oversubscribed the CPUs, and a
     fine-tune's wall time rose to twice its CPU time. Set before numpy is first imported.
     """
@@ -337,8 +155,9 @@ def _limit_math_threads(threads: int | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _limit_math_threads(args.threads)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _limit_math_threads(_peek_threads(argv))
+    args = build_parser(next((word for word in argv if word in COMMANDS), None)).parse_args(argv)
     if args.log:
         from asvp.joblog import logged
 
@@ -347,13 +166,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run(args)
 
 
+def _peek_threads(argv: list[str]) -> int | None:
+    """--threads, read before the parser imports the step modules (and with them numpy)."""
+    for index, word in enumerate(argv):
+        if word == "--threads" and index + 1 < len(argv):
+            return int(argv[index + 1])
+        if word.startswith("--threads="):
+            return int(word.split("=", 1)[1])
+    return None
+
+
 def _run(args: argparse.Namespace) -> int:
+    from asvp import device
+
     started = time.perf_counter()
     try:
         run_command(args)
         seconds = time.perf_counter() - started
         print(f"asvp {args.command}: {seconds:.3f} s in the step, "
-              f"{STEP_CLOCK.get('import_torch', 0.0):.3f} s of it importing torch", file=sys.stderr)
+              f"{device.IMPORT_SECONDS['torch']:.3f} s of it importing torch", file=sys.stderr)
         if args.timing:
             from asvp.step_timing import stage_of_command, write_step_benchmark
 

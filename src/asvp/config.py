@@ -9,6 +9,7 @@ so rules and the library see one complete config.
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,34 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file and validate it (defaults filled in)."""
     return validate_config(read_config_file(path), source=str(path))
+
+
+def layered_config(command_line: dict[str, Any], files: list[str], files_given: bool,
+                   overrides_given: bool) -> tuple[dict[str, Any], list[str]]:
+    """The validated config of a Snakemake run and its layers, lowest first (after the schema's
+    defaults): workflow_config.yaml when no --configfile is given (Snakemake has then loaded
+    nothing, `command_line` holds only --config), else each --configfile in order (already merged
+    into `command_line` by Snakemake); --config KEY=VALUE on top. Nothing depends on the working
+    directory."""
+    from snakemake.utils import update_config
+
+    layers = list(files)
+    merged = dict(command_line)
+    if not files_given:
+        merged = read_config_file(files[0])
+        update_config(merged, dict(command_line))
+    if overrides_given:
+        layers.append("--config")
+    validated = validate_config(merged, source=" < ".join(layers))
+    print(f"asvp-flow: config = schema defaults < {' < '.join(layers)}", file=sys.stderr)
+    return validated, layers
+
+
+def validated_json(configfile: str) -> str:
+    """Validate a config file; the config with every default filled in, as JSON."""
+    import json
+
+    return json.dumps(load_config(configfile), indent=2)
 
 
 def write_effective_config(config: Mapping[str, Any], layers: str, out: str | Path) -> None:

@@ -28,10 +28,9 @@ import numpy as np
 import pandas as pd
 
 from asvp.errors import DataError
+from asvp.methods import method
 from asvp.metrics import RUN_KEYS
 
-STANDARD_METHODS = ("standard", "standard_lpft")
-SINGLE_SHOT_METHODS = ("activeft_pre",)  # every evaluation point a fresh selection (ActiveFT(pre))
 LOOP_RULES = ("seconds_select_initial", "seconds_select", "seconds_label", "seconds_train_proxy", "seconds_decide",
               "seconds_extract_pretrained")
 
@@ -95,8 +94,8 @@ def run_compute(run_rounds: pd.DataFrame, finetunes: dict[str, float]) -> pd.Dat
     """Per round of one run: selection seconds up to and including the round, and the seconds
     of the final model if the run stopped there (0 when that fine-tune was already charged)."""
     run_rounds = run_rounds.sort_values("round")
-    standard = run_rounds["method"].iloc[0] in STANDARD_METHODS
-    single_shot = run_rounds["method"].iloc[0] in SINGLE_SHOT_METHODS
+    entry = method(run_rounds["method"].iloc[0])
+    standard, single_shot = entry.finetunes_every_round, entry.single_shot
     charged: set[str] = set()
     selection = 0.0
     rows = []
@@ -188,13 +187,13 @@ def cost_to_target(costs: pd.DataFrame, prices: Prices, target: float, random_at
     With `random_at_last` the random baseline is charged at its last point (the target's own
     definition when the target is random's final accuracy); otherwise along its own curve."""
     rows = []
-    for (method, strategy, seed), points in costs.groupby(RUN_KEYS):
-        if method == "random" and random_at_last:
+    for (method_name, strategy, seed), points in costs.groupby(RUN_KEYS):
+        if method_name == "random" and random_at_last:
             last = points.sort_values("n_labelled").iloc[-1]
             reached = {k: float(last[k]) for k in ("n_labelled", "selection_hours", "compute_hours")}
         else:
             reached = reach_target(points, target)
-        rows.append({"method": method, "strategy": strategy, "seed": seed, **reached,
+        rows.append({"method": method_name, "strategy": strategy, "seed": seed, **reached,
                      "cost": prices.cost(reached["n_labelled"], reached["compute_hours"])})
     return pd.DataFrame(rows)
 
@@ -218,7 +217,8 @@ def time_model(rounds: pd.DataFrame, costs: pd.DataFrame | None) -> pd.DataFrame
     total its formula predicts next to the measured selection time (to the last round)."""
     finetunes = finetune_seconds(rounds)
     rows = []
-    for (method, strategy), group in rounds.groupby(["method", "strategy"]):
+    for (method_name, strategy), group in rounds.groupby(["method", "strategy"]):
+        standard = method(method_name).finetunes_every_round
         later = group[group["round"] > 0]
         n_al = int(later.groupby("seed")["round"].count().mean()) if not later.empty else 0
         extraction = group[group["round"] == 0].get("seconds_extract_pretrained", pd.Series(dtype=float))
@@ -228,7 +228,7 @@ def time_model(rounds: pd.DataFrame, costs: pd.DataFrame | None) -> pd.DataFrame
         t_f = float(later["seconds_select"].mean()) if "seconds_select" in later.columns else math.nan
         refreshes = group[group.get("refreshed", pd.Series(False, index=group.index)).fillna(False).astype(bool)]
         n_pre = 1 + len(refreshes) / max(1, group["seed"].nunique())
-        if method in STANDARD_METHODS:
+        if standard:
             t_tr_full = float(np.mean([finetunes[k] for k in group["eval_key"].dropna() if k in finetunes]))
             formula = n_al * (t_tr_full + t_f)
         elif len(refreshes):
@@ -237,13 +237,13 @@ def time_model(rounds: pd.DataFrame, costs: pd.DataFrame | None) -> pd.DataFrame
         else:
             t_tr_full = math.nan
             formula = n_al * (t_tr_proxy + t_f) + t_pre if is_proxy else math.nan
-        last = pd.DataFrame() if costs is None else costs[(costs["method"] == method) & (costs["strategy"] == strategy)]
+        last = pd.DataFrame() if costs is None else costs[(costs["method"] == method_name) & (costs["strategy"] == strategy)]
         if not last.empty:
             last = last[last["round"] == last["round"].max()]
         rows.append({
-            "method": method, "strategy": strategy, "N_al": n_al, "N_pre": n_pre if method not in STANDARD_METHODS else math.nan,
+            "method": method_name, "strategy": strategy, "N_al": n_al, "N_pre": n_pre if not standard else math.nan,
             "T_pre": t_pre, "T_tr_proxy": t_tr_proxy, "T_f_proxy": t_f if is_proxy else math.nan,
-            "T_tr_full": t_tr_full, "T_f_full": t_f if method in STANDARD_METHODS else math.nan,
+            "T_tr_full": t_tr_full, "T_f_full": t_f if standard else math.nan,
             "formula_seconds": formula,
             "measured_seconds": float(last["selection_seconds"].mean()) if not last.empty else math.nan,
         })

@@ -23,33 +23,13 @@ is trained with LP-FT until the rule first triggers, and with FT from then on.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from asvp import features as feature_store
-from asvp.atomic import read_json, write_json
 from asvp.errors import DataError
 from asvp.logme import logme
 from asvp.ped import ped
-from asvp.pool import read_labelled, unlabelled_indices
-
-# The paper's Table 3 ablations as methods of their own, so one experiment runs all three:
-# "features only" refreshes the features but always trains the final model with FT; "training
-# only" keeps the pre-trained features (it selects as SVPp does) and switches LP-FT -> FT.
-ABLATION_SWITCHES: dict[str, dict[str, bool]] = {
-    "asvp": {},
-    "asvp_features_only": {"training_alignment": False},
-    "asvp_training_only": {"feature_alignment": False},
-}
-
-
-def settings_for_method(method: str, decision_config: dict[str, Any]) -> dict[str, Any]:
-    """The decision section as `method` runs it: the config's, with the ablation's switch off."""
-    if method not in ABLATION_SWITCHES:
-        raise ValueError(f"method {method!r} makes no refresh decisions; ASVP methods: {sorted(ABLATION_SWITCHES)}")
-    return {**decision_config, **ABLATION_SWITCHES[method]}
 
 
 def decide_round(
@@ -129,32 +109,4 @@ def _finish(record: dict[str, Any], triggers_before: int, version: int, triggere
         # Training alignment: LP-FT while the pre-trained features are judged adequate, FT after.
         train_method="lpft" if record["training_alignment"] and triggers == 0 else "ft",
     )
-    return record
-
-
-def decide(
-    features_path: str | Path,
-    labelled_csv: str | Path,
-    previous_path: str | Path | None,
-    round_index: int,
-    settings: dict[str, Any],
-    seed: int,
-    out: str | Path,
-) -> dict[str, Any]:
-    """File-level wrapper: read features and labels, decide, write decision.json atomically."""
-    with feature_store.open_features(features_path) as handle:
-        pool_size = handle["pool/labels"].shape[0]
-        labelled = read_labelled(labelled_csv, pool_size)
-        rows = labelled["pool_index"].to_numpy()
-        feature_store.check_sample_ids(handle, rows, labelled["sample_id"].tolist(), labelled_csv)
-    x, _ = feature_store.load_rows(features_path, "pool", rows)
-    unlabelled = unlabelled_indices(pool_size, labelled)
-    cap = settings["ped"]["reference_rows"]
-    if len(unlabelled) > cap:
-        unlabelled = np.sort(np.random.default_rng([seed, round_index, 7]).choice(unlabelled, cap, replace=False))
-    reference, _ = feature_store.load_rows(features_path, "pool", unlabelled if len(unlabelled) else rows)
-    previous = read_json(previous_path) if previous_path else None
-    record = decide_round(x, labelled["label"].to_numpy(), reference, previous, settings)
-    record.update(round=round_index, features=str(features_path))
-    write_json(out, record)
     return record

@@ -1,189 +1,182 @@
-"""The results tree as tables: summary.csv (one row per evaluation point: accuracy, timings),
-rounds.csv (one row per round of every run: every job's seconds and the fine-tunes it used),
-decisions.csv (ASVP's verdict per round) and class_counts.csv (the labelled set per class, by
-name). Everything the report, the saving ratio and the cost model read comes from these.
+"""The report of one experiment, by the paper's yardstick: saving ratios, costs, the time model and the
+per-class view, as the tables and figures `snakemake --report` gathers into one HTML file.
 
-Timings come from Snakemake's `benchmark:` files (wall seconds of each job), stored per round
-under `round{r}/benchmarks/<rule>.tsv`, and from the selection job's `select_steps.tsv` (one row
-per step it runs: train_proxy, select, label, decide; asvp.step_timing), so the paper's time
-model (sec. 6.4) can be computed
-from the table: T_tr,proxy + T_f,proxy per round, T_pre for extraction, T_tr,full for FT.
-The one-off pre-trained extraction is charged to round 0 of the methods that use features.
+Inputs are the summarize rule's tables (asvp.tables) (summary.csv, rounds.csv, decisions.csv,
+class_counts.csv), dataset.json and the run's config; every output is written atomically.
 """
 
 from __future__ import annotations
 
+import html
 import math
-import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
+import yaml
 
-from asvp.atomic import read_json, write_csv
-from asvp.costs import SINGLE_SHOT_METHODS
+from asvp import costs, metrics, plots
+from asvp.atomic import atomic_path, read_json, write_csv
+from asvp.errors import DataError
+from asvp.methods import METHODS
 
-ROUND_PATH = re.compile(r"(?P<method>[^/]+)/(?P<strategy>[^/]+)/seed(?P<seed>\d+)/round(?P<round>\d{3})/metrics\.json$")
-FEATURE_METHODS = {"svpp", "asvp", "asvp_features_only", "asvp_training_only", "activeft_pre"}
-
-
-def charges_extraction(method: str, strategy: str, round_index: int) -> bool:
-    """Whether a round pays the pre-trained extraction: round 0 of every method that reads the
-    features (ActiveFT's round 0 does, whatever the method), and every single shot of ActiveFT(pre),
-    each of which a user could run alone."""
-    if method in SINGLE_SHOT_METHODS:
-        return True
-    return round_index == 0 and (method in FEATURE_METHODS or strategy == "activeft")
+FIGURES = ("accuracy.png", "equivalent_labels.png", "cost_vs_time.png", "decisions.png")
+TABLES = ("table1.html", "table3.html", "comparisons.html", "saving_points.html", "time_model.html", "decisions.html",
+          "per_class_accuracy.html", "class_counts.html", "config.html")
+ABLATIONS = {m.name: m.table3_variant for m in METHODS.values() if m.table3_variant}  # paper Table 3's rows
 
 
-def _benchmark_seconds(path: Path) -> float:
-    frame = pd.read_csv(path, sep="\t")
-    return float(frame["s"].sum())
+def pm(mean: float, std: float, digits: int = 3, percent: bool = False) -> str:
+    """'mean +- std' as the paper's tables print it; a lone seed has no std."""
+    if not math.isfinite(mean):
+        return "n/a"
+    scale, unit = (100.0, "%") if percent else (1.0, "")
+    text = f"{mean * scale:.{digits}f}{unit}"
+    return text + (f" +- {std * scale:.{digits}f}{unit}" if math.isfinite(std) else "")
 
 
-def stage_seconds(round_dir: Path) -> dict[str, float]:
-    """{'seconds_<stage>': wall seconds} for every benchmark file of one round: a rule's file
-    counts for the rule, a job's file with a `step` column (asvp.step_timing) for each step."""
-    bench = round_dir / "benchmarks"
-    if not bench.is_dir():
-        return {}
-    seconds: dict[str, float] = {}
-    for path in sorted(bench.glob("*.tsv")):
-        frame = pd.read_csv(path, sep="\t")
-        if "step" in frame.columns:
-            for step, s in frame.groupby("step", sort=True)["s"].sum().items():
-                seconds[f"seconds_{step}"] = seconds.get(f"seconds_{step}", 0.0) + float(s)
-        else:
-            seconds[f"seconds_{path.stem}"] = seconds.get(f"seconds_{path.stem}", 0.0) + float(frame["s"].sum())
-    return seconds
+def gap_frame(message: str) -> pd.DataFrame:
+    """A table that is a marked gap: one row saying what is missing and how to get it."""
+    return pd.DataFrame({"gap": [message]})
 
 
-DECISION_COLUMNS = ["n_labelled", "feature_version", "ped_steps", "score", "previous_score", "difference", "threshold",
-                    "verdict", "refresh_features", "train_method", "reason"]
+def _count(value: Any) -> int:
+    """A count from a merged table cell (NaN where one side had no row)."""
+    try:
+        return int(value) if math.isfinite(float(value)) else 0
+    except (TypeError, ValueError):
+        return 0
 
 
-def _finetune_columns(prefix: str, path: Path) -> dict[str, Any]:
-    """Which fine-tune a round used (its cache key) and what it cost where it was trained."""
-    if not path.exists():
-        return {}
-    record = read_json(path)
-    # Device seconds, what the cost model charges: a fine-tune on 4 GPUs (gpus_per_job) costs
-    # 4 GPU hours per hour of wall time. The test pass runs in the parent process, on one device.
-    processes = int(record.get("processes", 1))
-    return {
-        f"{prefix}_key": record.get("finetune_key"),
-        f"{prefix}_reused": bool(record.get("reused", False)),
-        f"{prefix}_processes": processes,
-        f"{prefix}_train_seconds": record.get("train_seconds", math.nan) * processes,
-        f"{prefix}_test_seconds": record.get("test_seconds", math.nan),
-        f"{prefix}_method": record.get("train_method"),
-    }
-
-
-def collect_rounds(experiment_dir: str | Path, runs: list[tuple[str, str, int]], n_rounds: int,
-                   classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """rounds, decisions and class-count tables for rounds 0..n_rounds-1 of the given runs.
-
-    Only the runs and rounds of the current config are read: a results tree keeps files of
-    methods or rounds a user has since removed, and those must not leak into the figures.
-    """
-    experiment_dir = Path(experiment_dir)
-    extraction = experiment_dir / "features" / "benchmarks" / "extract_pretrained.tsv"
-    extract_seconds = _benchmark_seconds(extraction) if extraction.exists() else 0.0
-    rounds, decisions, counts = [], [], []
-    for method, strategy, seed in runs:
-        for r in range(n_rounds):
-            directory = experiment_dir / method / strategy / f"seed{seed}" / f"round{r:03d}"
-            labelled_csv = directory / "labelled.csv"
-            if not labelled_csv.exists():
-                continue  # not run yet: the tables show the rounds that exist
-            labels = pd.read_csv(labelled_csv, usecols=["label"])["label"].to_numpy()
-            key = {"method": method, "strategy": strategy, "seed": seed, "round": r, "n_labelled": len(labels)}
-            row = {**key, **stage_seconds(directory)}
-            if charges_extraction(method, strategy, r):
-                row["seconds_extract_pretrained"] = extract_seconds
-            row.update(_finetune_columns("eval", directory / "metrics.json"))
-            row.update(_finetune_columns("refresh", directory / "refresh_finetune.json"))
-            decision_path = directory / "decision.json"
-            if decision_path.exists():
-                decision = read_json(decision_path)
-                row["refreshed"] = bool(decision["refresh_features"])
-                decisions.append({**key, **{c: decision.get(c) for c in DECISION_COLUMNS if c != "n_labelled"}})
-            rounds.append(row)
-            per_class = np.bincount(labels, minlength=len(classes))
-            counts.append({**key, **{name: int(n) for name, n in zip(classes, per_class)}})
-    return pd.DataFrame(rounds), pd.DataFrame(decisions), pd.DataFrame(counts)
-
-
-def write_round_tables(experiment_dir: str | Path, runs: list[tuple[str, str, int]], n_rounds: int, dataset_json: str | Path,
-                       rounds_out: str | Path, decisions_out: str | Path, class_counts_out: str | Path) -> None:
-    info = read_json(dataset_json)
-    classes = info.get("classes") or [str(i) for i in range(info["num_classes"])]
-    rounds, decisions, counts = collect_rounds(experiment_dir, runs, n_rounds, classes)
-    seconds = sorted(c for c in rounds.columns if c.startswith("seconds_"))
-    rounds[seconds] = rounds[seconds].fillna(0.0)
-    write_csv(rounds_out, rounds)
-    write_csv(decisions_out, decisions if not decisions.empty else pd.DataFrame(columns=["method", "strategy", "seed", "round", *DECISION_COLUMNS]))
-    write_csv(class_counts_out, counts)
-
-
-def summarize(experiment_dir: str | Path, metrics_files: list[str], out: str | Path) -> pd.DataFrame:
-    experiment_dir = Path(experiment_dir)
-    extraction = experiment_dir / "features" / "benchmarks" / "extract_pretrained.tsv"
-    extract_seconds = _benchmark_seconds(extraction) if extraction.exists() else 0.0
+def table1(saving: pd.DataFrame, cost: pd.DataFrame) -> pd.DataFrame:
+    """Paper Table 1: per method and strategy, the average saving ratio, the overall cost to
+    reach random's final accuracy, and the cost saving ratio (mean +- std over seeds)."""
+    merged = saving.merge(cost, on=["method", "strategy"], how="outer", suffixes=("", "_cost"))
     rows = []
-    for metrics_file in metrics_files:
-        match = ROUND_PATH.search(Path(metrics_file).as_posix())
-        if match is None:
-            raise ValueError(f"unexpected metrics path {metrics_file}")
-        metrics = read_json(metrics_file)
-        row = {
-            "experiment": experiment_dir.name,
-            "method": match["method"],
-            "strategy": match["strategy"],
-            "seed": int(match["seed"]),
-            "round": int(match["round"]),
-            "n_labelled": metrics["n_labelled"],
-            "accuracy": metrics["accuracy"],
-            "train_method": metrics["train_method"],
-            "status": metrics.get("status", "ok"),
-            "final_train_accuracy": metrics.get("final_train_accuracy"),
-            "reused_finetune": metrics.get("reused", False),
-            "finetune_key": metrics.get("finetune_key"),
-            "device": metrics.get("device"),
-        }
-        for index, value in enumerate(metrics.get("per_class_accuracy") or []):
-            row[f"class_accuracy_{index}"] = value
-        if charges_extraction(row["method"], row["strategy"], row["round"]):
-            row["seconds_extract_pretrained"] = extract_seconds
-        row.update(stage_seconds(Path(metrics_file).parent))
-        rows.append(row)
-    frame = pd.DataFrame(rows).sort_values(["method", "strategy", "seed", "round"], kind="stable")
-    seconds = sorted(c for c in frame.columns if c.startswith("seconds_"))
-    frame[seconds] = frame[seconds].fillna(0.0)
-    frame = frame[[c for c in frame.columns if not c.startswith("seconds_")] + seconds]
-    write_csv(out, frame)
-    return frame
+    for row in merged.to_dict("records"):
+        censored, excluded = _count(row.get("censored_points")), _count(row.get("excluded_points"))
+        notes = [f"{censored} censored point(s) (bounds)"] * bool(censored) + [f"{excluded} excluded (diverged)"] * bool(excluded)
+        if not math.isfinite(float(row.get("saving_ratio_mean", math.nan))) and row["method"] != "random":
+            notes.append("no evaluation point after round 0")
+        if _count(row.get("reached")) < _count(row.get("seeds_cost", row.get("seeds"))):
+            notes.append(f"target reached by {row['reached']} of {row['seeds_cost']} seeds")
+        rows.append({
+            "method": row["method"], "strategy": row["strategy"],
+            "sample saving ratio": "baseline" if row["method"] == "random" else pm(row.get("saving_ratio_mean", math.nan), row.get("saving_ratio_std", math.nan), 1, True),
+            "labels to target": pm(row.get("labels_mean", math.nan), math.nan, 0),
+            "cost (USD)": pm(row.get("cost_mean", math.nan), row.get("cost_std", math.nan), 2),
+            "cost saving ratio": "baseline" if row["method"] == "random" else pm(row.get("cost_saving_mean", math.nan), row.get("cost_saving_std", math.nan), 1, True),
+            "notes": "; ".join(notes),
+        })
+    return pd.DataFrame(rows)
 
 
-def run_notice(summary_csv: str | Path) -> str:
-    """What the terminal says after a run: mean accuracy per method and evaluation point, and
-    every diverged fine-tune, so a wrong curve is seen without opening a file."""
-    summary_csv = Path(summary_csv)
-    if not summary_csv.exists():
-        return ""
-    frame = pd.read_csv(summary_csv)
-    table = frame.groupby(["method", "strategy", "n_labelled"])["accuracy"].agg(["mean", "std", "count"])
-    lines = [f"asvp-flow: mean test accuracy ({summary_csv}):", table.round(3).to_string()]
-    diverged = frame[frame.get("status", pd.Series("ok", index=frame.index)) == "diverged"]
-    for _, row in diverged.iterrows():
-        lines.append(
-            f"WARNING: diverged fine-tune: {row['method']}/{row['strategy']}/seed{row['seed']} round {row['round']} "
-            f"({row['n_labelled']} labels, {row['train_method']}); see that round's metrics.json and logs/evaluate.log"
-        )
-    table1 = summary_csv.parent / "report" / "table1.csv"
-    if table1.exists():
-        lines += [f"asvp-flow: saving ratio and cost ({table1}; snakemake --report report.html for the full report):",
-                  pd.read_csv(table1).fillna("").to_string(index=False)]
-    return "\n".join(lines)
+def table3(saving: pd.DataFrame) -> pd.DataFrame:
+    """Paper Table 3: average saving ratio of the two ablations and of ASVP, per strategy."""
+    rows = saving[saving["method"].isin(ABLATIONS)]
+    return pd.DataFrame([
+        {"variant": ABLATIONS[r["method"]], "method": r["method"], "strategy": r["strategy"],
+         "average sample saving ratio": pm(r["saving_ratio_mean"], r["saving_ratio_std"], 1, True)}
+        for r in rows.to_dict("records")
+    ])
+
+
+def per_class_accuracy(summary: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Test accuracy per class at each run's last evaluation point, mean over seeds, by name."""
+    columns = [f"class_accuracy_{i}" for i in range(len(classes)) if f"class_accuracy_{i}" in summary.columns]
+    if not columns:
+        return pd.DataFrame({"note": ["metrics.json has no per-class accuracy (results from before it was recorded)"]})
+    last = summary[summary["n_labelled"] == summary.groupby(["method", "strategy"])["n_labelled"].transform("max")]
+    table = last.groupby(["method", "strategy", "n_labelled"])[columns].mean()
+    return table.rename(columns={c: classes[int(c.rsplit("_", 1)[1])] for c in columns}).round(3).reset_index()
+
+
+def class_counts(counts: pd.DataFrame) -> pd.DataFrame:
+    """The labelled set per class and round, mean over seeds (a skew a strategy causes shows)."""
+    if counts.empty:
+        return counts
+    names = [c for c in counts.columns if c not in ("method", "strategy", "seed", "round", "n_labelled")]
+    return counts.groupby(["method", "strategy", "round", "n_labelled"])[names].mean().round(1).reset_index()
+
+
+def _html(frame: pd.DataFrame, title: str, note: str = "") -> str:
+    body = frame.to_html(index=False, na_rep="", border=0, classes="table") if not frame.empty else "<p>(empty)</p>"
+    return (f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            "<style>table{border-collapse:collapse;font:13px sans-serif}td,th{padding:3px 8px;border-bottom:1px solid #ddd}</style>"
+            f"</head><body><h3>{html.escape(title)}</h3><p>{html.escape(note)}</p>{body}</body></html>")
+
+
+def _write_text(out: Path, text: str) -> None:
+    with atomic_path(out) as tmp:
+        tmp.write_text(text)
+
+
+def build(experiment_dir: str | Path, config: dict[str, Any], out_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """Write every figure and table of the report into out_dir; return the tables."""
+    experiment_dir, out_dir = Path(experiment_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = pd.read_csv(experiment_dir / "summary.csv")
+    rounds = pd.read_csv(experiment_dir / "rounds.csv")
+    decisions = pd.read_csv(experiment_dir / "decisions.csv")
+    counts = pd.read_csv(experiment_dir / "class_counts.csv")
+    classes = read_json(experiment_dir / "data" / "dataset.json").get("classes", [])
+    prices = costs.Prices.from_config(config.get("cost", {}))
+
+    gaps: dict[str, str] = {}
+    try:  # a gap in the yardstick (no random baseline, seeds missing, NaN) is shown, not fatal
+        metrics.points_are_comparable(summary)
+        saving = metrics.saving_table(summary)
+        average = metrics.average_saving(saving)
+        comparisons = metrics.paired_differences(saving) if (summary["method"] == "asvp").any() else pd.DataFrame()
+    except DataError as exc:
+        gaps["saving"] = str(exc)
+        saving = average = comparisons = gap_frame(str(exc))
+    try:
+        cost_points = costs.compute_table(summary, rounds, prices)
+        target = costs.random_target(summary)
+        per_run = costs.cost_to_target(cost_points, prices, target)
+        cost_table = costs.cost_summary(per_run)
+    except DataError as exc:
+        gaps["cost"] = str(exc)
+        target = float("nan")
+        cost_points = per_run = cost_table = gap_frame(str(exc))
+    # Without cost points (a gap) the table keeps its terms and formulas, not the measured totals.
+    timing = costs.time_model(rounds, None if "cost" in gaps else cost_points)
+    on_cpu = costs.cpu_factor_applies(summary)
+    compute_note = (f"; measured on CPU, x {prices.cpu_to_gpu_factor:g} cost.cpu_to_gpu_factor" if on_cpu else "")
+    price_note = (f"Prices: {prices.label_price:g} USD per label, {prices.compute_price_per_hour:g} USD per compute hour. "
+                  f"Target: random's final accuracy {target:.4f}. "
+                  + ("Compute was measured on a CPU and counted as GPU hours x cost.cpu_to_gpu_factor = "
+                     f"{prices.cpu_to_gpu_factor:g}. " if on_cpu else "")
+                  + "Censored points: the accuracy lies outside the random curve, so the ratio is a bound."
+                  + "".join(f" GAP ({what}): {message}" for what, message in gaps.items()))
+
+    plots.accuracy_curves(summary, out_dir / "accuracy.png")
+    plots.equivalent_labels_plot(saving, out_dir / "equivalent_labels.png")
+    plots.cost_vs_time(per_run, out_dir / "cost_vs_time.png", compute_note)
+    plots.decision_plot(decisions, out_dir / "decisions.png")
+
+    tables = {
+        "table1": gap_frame(" / ".join(gaps.values())) if gaps else table1(average, cost_table),
+        "table3": average if "saving" in gaps else table3(average),
+        "comparisons": comparisons,
+        "saving_points": saving,
+        "time_model": timing,
+        "decisions": decisions,
+        "per_class_accuracy": per_class_accuracy(summary, classes),
+        "class_counts": class_counts(counts),
+        "costs": cost_points,
+        "cost_per_run": per_run,
+    }
+    notes = {"table1": price_note, "time_model": "Seconds, means over seeds; formula = paper sec. 6.4, measured = the "
+             "selection jobs' wall time to the last round" + compute_note.replace(";", ","),
+             "table3": "Average sample saving ratio over the rounds after round 0 (paper Table 3 layout).",
+             "comparisons": "asvp minus each method in average saving ratio, paired by seed; wins = seeds where asvp "
+                            "is ahead; paired_t_p = paired t-test p-value (small: the gap exceeds the seeds' spread)."}
+    for name, frame in tables.items():
+        write_csv(out_dir / f"{name}.csv", frame)
+        if f"{name}.html" in TABLES:
+            _write_text(out_dir / f"{name}.html", _html(frame, name.replace("_", " "), notes.get(name, "")))
+    _write_text(out_dir / "config.html", "<html><body><h3>config</h3><pre>"
+                + html.escape(yaml.safe_dump(config, sort_keys=False)) + "</pre></body></html>")
+    return tables

@@ -7,7 +7,7 @@ time model (sec. 6.4) needs each stage apart. So each step adds its own row to t
 `round{r}/benchmarks/select_steps.tsv`: the columns of Snakemake's benchmark files (what a step
 cannot measure is NA) and `step`; the first step of the job replaces the file, the later ones
 append (`asvp --same-job`), so an earlier failed attempt leaves no row. The report reads a row per
-step there as it reads a rule's benchmark file (`asvp.report.stage_seconds`). One file and one
+step there as it reads a rule's benchmark file (`asvp.tables.stage_seconds`). One file and one
 log per job, not one per step: every file a job declares costs the planning of a long run.
 """
 
@@ -26,7 +26,9 @@ COLUMNS = ("s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "i
 
 def stage_of_command(command: str) -> str:
     """The stage a CLI command's time counts for: the names of the rules' benchmark files."""
-    return "select" if command == "select-single-shot" else command.replace("-", "_")
+    from asvp.cli import COMMANDS
+
+    return COMMANDS[command].stage
 
 
 def write_step_benchmark(path: str | os.PathLike[str], step: str, seconds: float, append: bool = False) -> None:

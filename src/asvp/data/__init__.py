@@ -18,6 +18,14 @@ from asvp.data.sources import (
 from asvp.data.tensor_dataset import TensorImageDataset, make_dataset
 from asvp.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, build_transform
 
+
+def dataset_for(data_config: dict, split: str, source_indices, train_mode: bool):  # type: ignore[no-untyped-def]
+    """The images of `split` ("pool" reads the train split, "test" the test split) at these source
+    indices, as the backbone sees them: augmented for training, centre-cropped otherwise.
+    In-memory datasets decode once and augment whole batches (`make_dataset`)."""
+    source = open_source(data_config["dataset"], data_config["root"], "train" if split == "pool" else "test")
+    return make_dataset(source, source_indices, train_mode, data_config["resolution"], data_config["resize"])
+
 __all__ = [
     "DATASET_NAMES",
     "FASHION_MNIST_DEFAULT_ROOT",
@@ -30,6 +38,7 @@ __all__ = [
     "ImageSource",
     "TensorImageDataset",
     "build_transform",
+    "dataset_for",
     "make_dataset",
     "open_source",
     "read_idx",

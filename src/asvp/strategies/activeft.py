@@ -283,6 +283,8 @@ class ActiveFT(Strategy):
 
     name = "activeft"
     needs = frozenset({"embeddings"})
+    cold_start = True  # round 0 as the official ActiveFT(al): from the pre-trained features, not random
+    uses_device = True
 
     def __init__(self, device: str = "cpu", iterations: int = ITERATIONS, batch_size: int = 20000, tau: float = 0.07,
                  lr: float = 1e-3, balance: float = 1.0, progress: bool = False) -> None:

@@ -47,6 +47,11 @@ class Strategy:
     # True when a row's score depends on that row's model outputs only: the pool can then be
     # scored chunk by chunk as the proxy streams it (uncertainty sampling), in bounded memory.
     rowwise: ClassVar[bool] = False
+    # True when the strategy picks round 0 itself, without labels, on the pre-trained features;
+    # every other strategy starts from the seeded random draw, as in the paper.
+    cold_start: ClassVar[bool] = False
+    # True when it computes with torch on the configured `device` (which then is one of its options).
+    uses_device: ClassVar[bool] = False
 
     def score(self, state: PoolState, rng: np.random.Generator) -> np.ndarray:
         """(U,) float64 informativeness of each unlabelled sample: higher is queried first."""
@@ -80,6 +85,15 @@ def register(cls: type[Strategy]) -> type[Strategy]:
     """Class decorator: make a strategy selectable by its `name` in the config."""
     STRATEGIES[cls.name] = cls
     return cls
+
+
+def configured_strategy(name: str, config: dict[str, Any] | None) -> Strategy:
+    """The strategy with its `strategy_options.<name>` (and the `device`, if it computes on one)."""
+    config = config or {}
+    options = dict(config.get("strategy_options", {}).get(name, {}))
+    if name in STRATEGIES and STRATEGIES[name].uses_device and "device" in config:
+        options["device"] = config["device"]
+    return get_strategy(name, options)
 
 
 def get_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:

@@ -1,4 +1,7 @@
-"""Fine-tune on a labelled set and measure test accuracy: the evaluate and refresh steps.
+"""Fine-tune on a labelled set and measure test accuracy, once per distinct fine-tune.
+
+The evaluation (final model), standard AL's per-round model and an ASVP refresh all fine-tune
+through `finetune_and_evaluate`.
 
 Three things a user reading the curves relies on live here:
   * a fine-tune is keyed by what determines it (labelled set, recipe, backbone, data, seed, test
@@ -31,9 +34,10 @@ import torch
 from asvp.atomic import atomic_path, read_json, write_json
 from asvp.errors import DataError
 from asvp.pool import read_labelled, read_split_table
-from asvp import features as feature_store
-from asvp.rounds import _dataset, _pretrained_backbone, extract, resolve_device
-from asvp.training import Classifier, classifier_from, predict, recipe_fingerprint, recipe_from_config, train
+from asvp.backbones import pretrained_backbone
+from asvp.data import dataset_for
+from asvp.device import resolve_device
+from asvp.training import Classifier, predict, recipe_fingerprint, recipe_from_config, train
 
 CACHE_VERSION = 4  # bump when training or evaluation code changes what a cached result means
 LOSS_TOLERANCE = 1e-4  # relative: float noise on a converged L-BFGS objective is no divergence
@@ -107,11 +111,11 @@ def _train_model(config: dict[str, Any], recipe_kind: str, pool_csv: str | Path,
     """Fine-tune the pre-trained backbone (re-initialised every time) on the labelled set."""
     pool = read_split_table(pool_csv)
     rows = labelled["pool_index"].to_numpy()
-    dataset = _dataset(config, "pool", pool["source_index"].to_numpy()[rows], train_mode=True)
+    dataset = dataset_for(config["data"], "pool", pool["source_index"].to_numpy()[rows], train_mode=True)
     num_classes = dataset.source.num_classes
     if int(labelled["label"].max()) >= num_classes:
         raise DataError(f"labelled set: label {int(labelled['label'].max())} is outside 0..{num_classes - 1}")
-    backbone, _ = _pretrained_backbone(config)
+    backbone, _ = pretrained_backbone(config["backbone"])
     torch.manual_seed(seed)  # the new head's initialisation is part of "same seed, same model"
     model = Classifier(backbone, num_classes)
     recipe = recipe_from_config(recipe_kind, config)
@@ -133,7 +137,7 @@ def _train_model(config: dict[str, Any], recipe_kind: str, pool_csv: str | Path,
 def test_accuracy(config: dict[str, Any], model: Classifier, test_csv: str | Path) -> tuple[float, list[float | None]]:
     """Overall test accuracy and per-class accuracy (None for a class with no test image)."""
     table = read_split_table(test_csv)
-    dataset = _dataset(config, "test", table["source_index"].to_numpy(), train_mode=False)
+    dataset = dataset_for(config["data"], "test", table["source_index"].to_numpy(), train_mode=False)
     probabilities, _ = predict(
         model, dataset, batch_size=config["evaluation"]["batch_size"], device=resolve_device(config["device"]),
         num_workers=config["data"]["num_workers"],
@@ -261,54 +265,3 @@ def _link(source: Path, out: Path) -> None:
             tmp.hardlink_to(source)
         except OSError:
             shutil.copyfile(source, tmp)
-
-
-def load_finetuned(path: str | Path) -> Classifier:
-    return classifier_from(torch.load(path, map_location="cpu", weights_only=False))
-
-
-def recipe_for(recipe: str, decision_path: str | Path | None) -> str:
-    """'auto' (ASVP) takes the training method the round's decision chose."""
-    if recipe != "auto":
-        return recipe
-    if decision_path is None:
-        raise ValueError("recipe 'auto' needs the round's decision.json")
-    return str(read_json(decision_path)["train_method"])
-
-
-def refresh_features(
-    config: dict[str, Any],
-    decision_path: str | Path,
-    pool_csv: str | Path,
-    test_csv: str | Path,
-    labelled_csv: str | Path,
-    previous_features: str | Path,
-    seed: int,
-    out: str | Path,
-    *,
-    cache_dir: str | Path,
-    round_index: int | None = None,
-    processes: int = 1,
-) -> bool:
-    """Apply a round's decision: fine-tune + re-extract when it says refresh, else link.
-
-    The fine-tune restarts from the pre-trained weights on the labels so far (paper sec. 5; the
-    official scripts likewise re-initialise every time) with the FT recipe. It is tested like
-    an evaluation and cached under the same key, so the round's evaluation (FT from the
-    refresh on) reuses it instead of training the same labels twice. `refresh_model.pt` lives
-    until the re-extraction is complete (a killed extraction resumes from it), then goes
-    unless `evaluation.keep_models`.
-    """
-    decision = read_json(decision_path)
-    if not decision["refresh_features"]:
-        feature_store.link_features(previous_features, out)
-        return False
-    model_path = Path(out).with_name("refresh_model.pt")
-    if not model_path.exists():
-        metrics_out = Path(out).with_name("refresh_finetune.json")  # its loss curve and test accuracy, for the record
-        finetune_and_evaluate(config, "ft", pool_csv, labelled_csv, test_csv, seed, metrics_out, cache_dir=cache_dir,
-                              model_out=model_path, round_index=round_index, processes=processes)
-    extract(config, pool_csv, test_csv, out, model_path=model_path, processes=processes)
-    if not config["evaluation"]["keep_models"]:
-        model_path.unlink()
-    return True

@@ -1,0 +1,170 @@
+"""The experiment's plan, as the Snakefile reads it: which runs, rounds and evaluation points
+exist, what each job asks of the machine, and which config keys each job's params carry.
+
+Everything here is a plain function of the validated config (and, with people labelling, of
+which answer files exist), so the DAG can be tested without Snakemake.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from asvp import methods
+from asvp.oracle import answered
+from asvp.schedule import cumulative_labels, evaluation_rounds
+from asvp.strategies.base import STRATEGIES
+
+# Keys that choose which jobs exist, not what a job computes: left out of params so that
+# changing them never reruns the jobs that remain.
+PLANNING_KEYS: dict[str, tuple[str, ...]] = {"evaluation": ("at",)}
+# Keys added after results existed, left out of params while they hold the value that behaves
+# as before they existed: adding a key must not make every job of an existing experiment look
+# changed (fine-tune cache keys hash the same excerpt). A new key with a default goes here.
+NEUTRAL_VALUES: dict[str, dict[str, Any]] = {"data": {"bad_images": "stop"}}
+
+
+def params_excerpt(config: dict[str, Any], *sections: str) -> dict[str, Any]:
+    """The config sections a job depends on, without planning keys and keys at their neutral value."""
+    def kept(section: str, key: str, value: Any) -> bool:
+        neutral = NEUTRAL_VALUES.get(section, {})
+        return key not in PLANNING_KEYS.get(section, ()) and not (key in neutral and neutral[key] == value)
+
+    return {
+        s: {k: v for k, v in config[s].items() if kept(s, k, v)} if isinstance(config[s], dict) else config[s]
+        for s in sections
+    }
+
+
+def params_json(config: dict[str, Any], *sections: str, strategy: str | None = None) -> str:
+    """Shell-quoted JSON of a job's config excerpt: its params, so it reruns only when they
+    change. A selection job adds its own strategy's options only (and the device, for a
+    strategy that computes on it), so changing one strategy's options reruns only its jobs."""
+    excerpt = params_excerpt(config, *sections)
+    if strategy is not None:
+        options = config["strategy_options"].get(strategy, {})
+        if options:  # absent when the strategy has none: results from before the key existed stay valid
+            excerpt["strategy_options"] = {strategy: options}
+        if strategy in STRATEGIES and STRATEGIES[strategy].uses_device:
+            excerpt["device"] = config["device"]
+    return shlex.quote(json.dumps(excerpt, sort_keys=True))
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a job asks for: the rules pick one of these per kind of job (a cluster profile may
+    override them per rule)."""
+
+    mem_mb: int
+    runtime: int  # minutes
+    gpu: int = 0
+
+
+SMALL = Resources(2000, 15)
+PROXY = Resources(16000, 120)
+
+
+def heavy(config: dict[str, Any], gpus: int | None = None) -> Resources:
+    """A fine-tune, an extraction or a selection with a network: a GPU unless device is cpu
+    (`gpus_per_job` of them for the data-parallel fine-tunes and extractions)."""
+    if gpus is None:
+        gpus = 1
+    return Resources(64000, 1440, 0 if config["device"] == "cpu" else gpus)
+
+
+def job_threads(cores: Any, cluster: bool = False) -> int:
+    """Threads of a fine-tune or proxy job: half the cores, so two run side by side.
+
+    On a 2-core machine two 1-thread fine-tunes train 17 % more images per second than one
+    2-thread job (219 vs 187 img/s, MobileNetV2 at 32 px). On a cluster (no --cores: the
+    executor asks for each job's threads) a profile sets them per rule; 8 is the default there.
+    """
+    if cluster:
+        return 8
+    try:
+        return max(1, int(cores) // 2)
+    except (TypeError, ValueError):  # --cores all: let the scheduler cap it
+        return 2
+
+
+def decision_refreshes(decision_json: str) -> bool:
+    """Whether a round's decision.json says to refresh the features."""
+    with open(decision_json) as handle:
+        return bool(json.load(handle)["refresh_features"])
+
+
+class Plan:
+    """Runs, rounds and evaluation points of one validated config."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.res = f"{config['results_dir']}/{config['experiment']}"
+        self.budgets: list[int] = config["schedule"]["budgets"]
+        self.n_rounds = len(self.budgets)
+        self.eval_rounds = evaluation_rounds(self.budgets, config["evaluation"]["at"])
+        self.labels_after = cumulative_labels(self.budgets)
+        self.human_oracle = config["oracle"] == "human"
+
+    def describe(self) -> str:
+        """The evaluation points, as the run prints them at start-up."""
+        points = ", ".join(f"{r} ({self.labels_after[r]} labels)" for r in self.eval_rounds)
+        return f"asvp-flow: evaluation points at rounds {points}"
+
+    def runs(self) -> Iterator[tuple[str, str, int]]:
+        for name in self.config["methods"]:
+            for strategy in methods.strategies_of(name, self.config["strategies"]):
+                for seed in self.config["seeds"]:
+                    yield name, strategy, seed
+
+    def run_dir(self, method: str, strategy: str, seed: int) -> str:
+        return f"{self.res}/{method}/{strategy}/seed{seed}"
+
+    def rounds_of(self, method: str) -> list[int]:
+        """The rounds a method's run has: single-shot methods only select at evaluation points."""
+        return list(self.eval_rounds) if methods.method(method).single_shot else list(range(self.n_rounds))
+
+    def labelled_rounds(self, method: str, strategy: str, seed: int) -> list[int]:
+        """Rounds whose labels can be had now: every round with the simulated oracle; with people,
+        the rounds in order up to the first one whose answers are not there yet."""
+        rounds = self.rounds_of(method)
+        if not self.human_oracle:
+            return rounds
+        for k, r in enumerate(rounds):
+            if answered(self.run_dir(method, strategy, seed), r) is None:
+                return rounds[:k]
+        return rounds
+
+    def pending_requests(self) -> list[tuple[str, int]]:
+        """(run folder, round) of every run waiting for a person's answers."""
+        waiting = []
+        for run in self.runs():
+            done = set(self.labelled_rounds(*run))
+            remaining = [r for r in self.rounds_of(run[0]) if r not in done]
+            if remaining:
+                waiting.append((self.run_dir(*run), remaining[0]))
+        return waiting
+
+    def request_files(self) -> list[str]:
+        """to_label.csv and its contact sheet of every round waiting for a person."""
+        return [f"{folder}/round{r:03d}/{name}" for folder, r in self.pending_requests()
+                for name in ("to_label.csv", "to_label.png")]
+
+    def metrics_files(self) -> list[str]:
+        """metrics.json of every evaluation point whose labels exist (the curves' points)."""
+        labelled = {run: set(self.labelled_rounds(*run)) for run in self.runs()}
+        return [f"{self.run_dir(*run)}/round{r:03d}/metrics.json"
+                for r in self.eval_rounds for run in labelled if r in labelled[run]]
+
+    def round_files(self) -> list[str]:
+        """A cheap file of every round in ascending order: keeps DAG recursion shallow for long runs."""
+        labelled = {run: set(self.labelled_rounds(*run)) for run in self.runs()}
+        return [f"{self.run_dir(*run)}/round{r:03d}/{name}"
+                for r in range(self.n_rounds) for run in labelled if r in labelled[run]
+                for name in ["labelled.csv"] + (["decision.json"] if methods.method(run[0]).decides else [])]
+
+    def shares_round0_model(self) -> bool:
+        """Round 0 is the same fine-tune for every method of a seed; standard AL needs its model."""
+        return any(methods.method(m).finetunes_every_round for m in self.config["methods"])

@@ -1,0 +1,137 @@
+"""Stage 1 (rules/features.smk): fix the pool and test images, pre-compute backbone features once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asvp.atomic import write_csv, write_json
+from asvp.errors import DataError
+from asvp.pool import read_split_table, split_table, subset_indices
+
+
+def define_pool(config: dict[str, Any], pool: str, test: str, info: str) -> None:
+    """Fix which train images form the pool and which test images are evaluated (seeded subsets).
+
+    Depends on the `data` section only, so editing budgets or methods never rewrites the pool
+    (which would make every downstream file look stale).
+    """
+    from asvp.data import open_source
+
+    data = config["data"]
+    sizes: dict[str, int] = {}
+    skipped: list[dict[str, Any]] = []
+    num_classes = 0
+    tables = {}
+    classes: list[str] = []
+    for split, subset, out, salt in (("train", data["pool_subset"], pool, 0), ("test", data["test_subset"], test, 1)):
+        source = open_source(data["dataset"], data["root"], split)
+        indices = subset_indices(len(source), subset, data["subset_seed"] + salt)
+        if data.get("bad_images", "stop") == "skip":
+            bad = undecodable(source, indices)
+            skipped += [{"split": split, "sample_id": source.sample_id(int(i)), "error": error} for i, error in bad.items()]
+            indices = indices[~np.isin(indices, list(bad))]
+        tables[out] = split_table(indices, [source.sample_id(int(i)) for i in indices], source.labels[indices])
+        sizes[split] = len(indices)
+        num_classes = source.num_classes
+        classes = class_names(source)
+    for out, table in tables.items():
+        write_csv(out, table)
+    if skipped:
+        print(f"skipped {len(skipped)} images that do not decode (data.bad_images: skip), listed in {info}:")
+        for entry in skipped[:20]:
+            print(f"  {entry['split']} {entry['sample_id']}: {entry['error']}")
+    print(f"classes, in label order: {', '.join(f'{i}={name}' for i, name in enumerate(classes))}")
+    write_json(info, {"dataset": data["dataset"], "num_classes": num_classes, "classes": classes,
+                      "pool_size": sizes["train"], "test_size": sizes["test"], "skipped_images": skipped})
+
+
+def undecodable(source: Any, indices: np.ndarray, threads: int = 4) -> dict[int, str]:
+    """{source index: error} of the images among `indices` that do not decode (files only: array
+    datasets are decoded already). Decoding runs in threads (PIL releases the GIL)."""
+    if getattr(source, "paths", None) is None:
+        return {}
+    from concurrent.futures import ThreadPoolExecutor
+
+    def check(index: int) -> str | None:
+        try:
+            source.load_image(index)
+        except DataError as error:
+            return str(error)
+        return None
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        errors = list(pool.map(check, (int(i) for i in indices)))
+    return {int(i): e for i, e in zip(indices, errors) if e is not None}
+
+
+def class_names(source: Any) -> list[str]:
+    """Class names in label order (index i names label i), so reports speak of "Bag", not 7.
+
+    A split whose listing lacks its highest classes (a small custom Pets split) gets "class <i>"."""
+    names = [str(c) for c in source.classes][: source.num_classes]
+    return names + [f"class {i}" for i in range(len(names), source.num_classes)]
+
+
+def extract(config: dict[str, Any], pool: str, test: str, out: str, model: str | None = None, gpus: int = 0) -> None:
+    """Write features of the pool and test images: the pre-trained backbone's, or (`model`) a
+    fine-tuned one's (an ASVP refresh). On CUDA, one data-parallel process per GPU of the job."""
+    import torch
+
+    from asvp import extraction
+    from asvp.backbones import file_sha256, pretrained_backbone
+    from asvp.data import build_transform, dataset_for
+    from asvp.device import job_processes, resolve_device
+    from asvp.training import classifier_from
+
+    data = config["data"]
+    if model is None:
+        backbone, checkpoint = pretrained_backbone(config["backbone"])
+        origin = {"checkpoint": str(checkpoint or "random-init"), "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else ""}
+    else:
+        backbone = classifier_from(torch.load(model, map_location="cpu", weights_only=False)).backbone
+        origin = {"checkpoint": str(model), "checkpoint_sha256": file_sha256(model)}
+    splits = {}
+    num_classes = 0
+    for split, csv in (("pool", pool), ("test", test)):
+        table = read_split_table(csv)
+        dataset = dataset_for(data, split, table["source_index"].to_numpy(), train_mode=False)
+        num_classes = dataset.source.num_classes
+        splits[split] = extraction.SplitInput(dataset, table["label"].to_numpy(), table["sample_id"].tolist())
+    prefix = getattr(backbone, "checkpoint_prefix", "")
+    classes = class_names(dataset.source)
+    print(f"backbone {config['backbone']['arch']} from {origin['checkpoint']}: checkpoint prefix {prefix!r} stripped "
+          f"(backbone.prefix: {config['backbone']['prefix']})")
+    print(f"classes, in label order: {', '.join(f'{i}={name}' for i, name in enumerate(classes))}")
+    attrs = {
+        "backbone": config["backbone"]["arch"],
+        **origin,
+        "checkpoint_prefix": prefix,
+        "classes": json.dumps(classes),
+        "dataset": data["dataset"],
+        "resolution": data["resolution"],
+        "transform": repr(build_transform(False, data["resolution"], resize=data["resize"])),
+        "num_classes": num_classes,
+    }
+    extraction.extract_features(
+        backbone,
+        splits,
+        out,
+        attrs=attrs,
+        dtype=config["features"]["dtype"],
+        batch_size=config["features"]["batch_size"],
+        chunk_rows=config["features"]["chunk_rows"],
+        num_workers=data["num_workers"],
+        device=resolve_device(config["device"]),
+        crash_name="extract_chunk" if model is None else "refresh_chunk",
+        world_size=job_processes(config["device"], gpus),
+    )
+
+
+def features_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """What a features file's attributes must say for this config (features.check_identity)."""
+    return {"backbone": config["backbone"]["arch"], "dataset": config["data"]["dataset"],
+            "resolution": config["data"]["resolution"]}
