@@ -130,6 +130,17 @@ def proxy_round_methods(decides):
     return methods.names(lambda m: m.selection == "proxy" and m.decides == decides)
 
 
+def decide_step(wildcards, input, output, threads):
+    """The deciding methods' last step (a function: a rule body sees the loop's last value)."""
+    logs = selection_logs(os.path.dirname(output.selected))
+    return (
+        f" && asvp --log {logs['job']} --timing {logs['timing']} --same-job --threads {threads} decide "
+        f"--config-json {params('decision')} --method {wildcards.method} --features {input.features} "
+        f"--labelled {output.labelled} --previous {input.previous_decision} --seed {wildcards.seed} "
+        f"--round {wildcards.r} --out {output.decision}"
+    )
+
+
 # A proxy method's round: train the MLP proxy on the labelled samples' features (as they were
 # after the last round), score the pool with it, label; a method that decides then runs its
 # refresh decision on the new labels in the same job (rules/decide.smk has the rest). One
@@ -160,7 +171,7 @@ for DECIDES in (False, True):
             # data and backbone: the features file's attributes are checked against them.
             proxy_cfg=params("proxy", "data", "backbone"),
             cfg=lambda w: plan.params_json(config, strategy=w.strategy),
-            decision_cfg=params("decision") if DECIDES else "",
+            decide=decide_step if DECIDES else "",
         threads: JOB_THREADS
         resources:
             mem_mb=PROXY.mem_mb,
@@ -178,14 +189,7 @@ for DECIDES in (False, True):
             + " --labelled {input.labelled} --features {input.features} --proxy-weights {output.weights} "
             "--config-json {params.cfg}"
             + label_step()
-            + (
-                " && asvp --log {log.job} --timing {log.timing} --same-job --threads {threads} decide "
-                "--config-json {params.decision_cfg} --method {wildcards.method} --features {input.features} "
-                "--labelled {output.labelled} --previous {input.previous_decision} --seed {wildcards.seed} "
-                "--round {wildcards.r} --out {output.decision}"
-                if DECIDES
-                else ""
-            )
+            + "{params.decide}"
 
 
 rule select_model:

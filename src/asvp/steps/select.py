@@ -133,6 +133,7 @@ def train_proxy(config: dict[str, Any], features: str, labelled: str, seed: int,
     model = fit_proxy(x, table["label"].to_numpy(), num_classes, ProxyRecipe.from_config(config["proxy"]),
                       seed=seed * 1000 + round)
     save_weights(model, weights_out)
+    print(f"proxy trained on {len(rows)} labelled samples of {features}")
 
 
 def select_proxy(query: Query, features: str, proxy_weights: str, config: dict[str, Any] | None = None) -> None:

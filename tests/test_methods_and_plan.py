@@ -1,0 +1,83 @@
+"""The method table is the one list of methods, and the plan's params policy keeps old results valid."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from asvp import methods, plan
+from asvp.config import load_schema, validate_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def test_the_schema_offers_exactly_the_methods_of_the_table() -> None:
+    enum = load_schema()["properties"]["methods"]["items"]["enum"]
+    assert enum == list(methods.METHODS)
+
+
+def test_every_method_says_how_it_selects_and_trains() -> None:
+    for entry in methods.METHODS.values():
+        assert entry.selection in ("random", "proxy", "model", "single_shot")
+        assert entry.final_recipe in ("ft", "lpft", "decided")
+        assert (entry.final_recipe == "decided") == entry.decides  # only a decision can change the recipe
+    assert methods.names(lambda m: m.finetunes_every_round) == ("standard", "standard_lpft")
+    assert methods.training_recipe("asvp") == "auto" and methods.training_recipe("standard_lpft") == "lpft"
+
+
+def test_the_ablations_switch_one_alignment_off() -> None:
+    decision = validate_config({"experiment": "t"})["decision"]
+    assert methods.decision_settings("asvp_features_only", decision)["training_alignment"] is False
+    assert methods.decision_settings("asvp_training_only", decision)["feature_alignment"] is False
+    assert methods.decision_settings("asvp", decision) == decision
+    with pytest.raises(ValueError, match="makes no refresh decisions"):
+        methods.decision_settings("svpp", decision)
+
+
+def _excerpt(config: dict, *sections: str) -> dict:
+    return json.loads(shlex.split(plan.params_json(config, *sections))[0])
+
+
+def test_a_new_key_at_its_neutral_value_leaves_every_jobs_params_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adding a key with a default must not make every job of an existing experiment look changed."""
+    config = validate_config({"experiment": "t"})
+    before = _excerpt(config, "data", "finetune")
+    grown = json.loads(json.dumps(config))
+    grown["finetune"]["a_new_knob"] = 3
+    monkeypatch.setitem(plan.NEUTRAL_VALUES, "finetune", {"a_new_knob": 3})
+    assert _excerpt(grown, "data", "finetune") == before
+    grown["finetune"]["a_new_knob"] = 4  # set away from it, the key is a change like any other
+    assert _excerpt(grown, "data", "finetune")["finetune"]["a_new_knob"] == 4
+
+
+def test_every_registered_neutral_value_is_the_schemas_default() -> None:
+    schema = load_schema()["properties"]
+    for section, keys in plan.NEUTRAL_VALUES.items():
+        for key, value in keys.items():
+            assert schema[section]["properties"][key]["default"] == value
+
+
+def test_planning_keys_and_other_strategies_options_stay_out_of_a_jobs_params() -> None:
+    config = validate_config({"experiment": "t", "evaluation": {"at": [100, 200]}, "strategies": ["margin", "activeft"]})
+    assert "at" not in _excerpt(config, "evaluation")["evaluation"]
+    margin = json.loads(shlex.split(plan.params_json(config, "proxy", strategy="margin"))[0])
+    activeft = json.loads(shlex.split(plan.params_json(config, "proxy", strategy="activeft"))[0])
+    assert "strategy_options" not in margin and "device" not in margin
+    assert set(activeft["strategy_options"]) == {"activeft"} and activeft["device"] == config["device"]
+
+
+def test_the_identity_check_finds_a_changed_selection_and_ignores_timings(tmp_path: Path) -> None:
+    from compare_results import compare
+
+    for side in ("before", "after"):
+        round_dir = tmp_path / side / "exp" / "svpp" / "margin" / "seed0" / "round001"
+        round_dir.mkdir(parents=True)
+        (round_dir / "selected.csv").write_text("pool_index\n3\n")
+        (round_dir / "metrics.json").write_text(json.dumps({"accuracy": 0.5, "train_seconds": len(side)}))
+    assert compare(tmp_path / "before", tmp_path / "after") == (2, [])
+    (tmp_path / "after" / "exp" / "svpp" / "margin" / "seed0" / "round001" / "selected.csv").write_text("pool_index\n4\n")
+    assert compare(tmp_path / "before", tmp_path / "after")[1] == ["differs: exp/svpp/margin/seed0/round001/selected.csv"]
