@@ -224,12 +224,3 @@ def test_consecutive_rows_are_read_as_a_slice_with_the_same_outputs_as_a_gather(
         outputs[name] = (probabilities[order], hidden[order])
     np.testing.assert_array_equal(outputs["slice"][0], outputs["gather"][0])
     np.testing.assert_array_equal(outputs["slice"][1], outputs["gather"][1])
-    from asvp.proxy_scoring import _read_chunk
-
-    for rows in (np.array([0, 2, 1, 3]), np.array([1, 2, 4, 7]), np.array([0, 39])):  # unordered; dense; sparse
-        np.testing.assert_array_equal(_read_chunk(x, rows), x[rows].astype(np.float32))
-    with h5py.File(tmp_path / "f.h5", "w") as handle:
-        handle["pool/features"] = x
-    with h5py.File(tmp_path / "f.h5") as handle:
-        for rows in (np.arange(3, 9), np.array([1, 2, 4, 7]), np.array([0, 39]), np.array([5, 1])):
-            np.testing.assert_array_equal(_read_chunk(handle["pool/features"], rows), x[rows].astype(np.float32))

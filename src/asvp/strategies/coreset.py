@@ -50,6 +50,7 @@ import numpy as np
 from tqdm import tqdm
 
 from asvp.errors import DataError
+from asvp.features import read_rows
 from asvp.strategies.base import PoolState, Strategy, check_budget, register
 
 CHUNK_ROWS = 65536  # rows per read in the full passes (norms, labelled minima, the plain loop)
@@ -61,8 +62,8 @@ _REL = 1e-12  # relative slack on every bound: far above float64 rounding, far b
 
 
 def _f32(array: Any, rows: np.ndarray | slice) -> np.ndarray:
-    """array[rows] as float32 (float16 -> float32 is exact); `rows` ascending for h5py."""
-    return np.ascontiguousarray(np.asarray(array[rows]), dtype=np.float32)
+    """array[rows] as float32 (float16 -> float32 is exact), in the order of `rows`."""
+    return np.ascontiguousarray(read_rows(array, rows), dtype=np.float32)
 
 
 def _exact_sq(y: np.ndarray, rows: np.ndarray, c: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -234,8 +235,8 @@ class _LazyBounds:
         if len(rows) > REFRESH_ROWS:
             cut = min(cut, float(np.partition(bounds, -REFRESH_ROWS)[-REFRESH_ROWS]))
         rows = rows[bounds >= max(cut, -np.finfo(np.float64).max)]
-        by = np.argsort(self.fresh[rows], kind="stable")
-        y, rows = _f32(self.x, rows)[by], rows[by]  # read ascending (h5py), then by staleness
+        rows = rows[np.argsort(self.fresh[rows], kind="stable")]  # by staleness, for _relax
+        y = _f32(self.x, rows)
         ub = self.ub[rows]
         _relax(y, self.ny[rows], ub, picked, picked_sq, self.fresh[rows])
         self.ub[rows], self.fresh[rows] = ub, len(picked)
