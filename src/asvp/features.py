@@ -27,7 +27,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from asvp.errors import DataError
+from asvp.errors import DataError, require_finite_rows
 
 SPLITS = ("pool", "test")
 
@@ -209,12 +209,8 @@ def load_rows(path: str | Path, split: str, rows: np.ndarray | None = None) -> t
             features = read_rows(group["features"], rows)
             labels = read_rows(group["labels"], rows)
     features = features.astype(np.float32)
-    bad = ~np.isfinite(features).all(axis=1)
-    if bad.any():
-        raise DataError(
-            f"features file {path}: {int(bad.sum())} {split} rows contain NaN or Inf; "
-            "delete the file and rerun the extraction"
-        )
+    require_finite_rows(features, f"features file {path} holds NaN or Inf: its {split} rows read",
+                        "delete the file and rerun the extraction", row_numbers=rows, numbering=f"{split} row")
     return features, labels.astype(np.int64)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from asvp.errors import DataError
+from asvp.errors import require_finite_rows
 from asvp.features import read_rows
 
 BATCHNORM_EPS = 1e-5  # torch.nn.BatchNorm1d's default, with which the proxy is trained
@@ -47,8 +47,8 @@ def proxy_chunks(weights: dict[str, np.ndarray], features: Any, rows: np.ndarray
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         x = np.asarray(read_rows(features, chunk), dtype=np.float32)
-        if not np.isfinite(x).all():
-            raise DataError("pool features contain NaN or Inf; re-extract the features (delete the file and rerun)")
+        require_finite_rows(x, "pool features", "re-extract the features (delete the file and rerun)", row_numbers=chunk,
+                            numbering="pool row")
         # In place after each product: every (n, H) or (n, C) temporary costs a pass over memory.
         hidden = x @ w1
         hidden += b1

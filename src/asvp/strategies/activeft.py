@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from asvp.errors import ConfigError, DataError
+from asvp.errors import ConfigError, DataError, require_finite_rows
 from asvp.features import read_rows
 from asvp.strategies.base import PoolState, Strategy, check_budget, register
 
@@ -62,10 +62,7 @@ def _read(array: Any, rows: np.ndarray | slice, what: str, device: Any) -> Any:
     import torch.nn.functional as F
 
     block = np.array(read_rows(array, rows), dtype=np.float32)  # a copy: a float32 memory map is read-only
-    if not np.isfinite(block).all():
-        bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
-        first = np.arange(array.shape[0])[rows][bad[0]]
-        raise DataError(f"{what} hold NaN/Inf (first bad row: {first}); re-extract the features or drop those samples")
+    require_finite_rows(block, what, row_numbers=rows)
     return F.normalize(torch.from_numpy(block).to(device), dim=1)
 
 

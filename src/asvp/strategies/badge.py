@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from asvp.errors import ConfigError, DataError
+from asvp.errors import ConfigError, DataError, require_finite_rows
 from asvp.features import read_rows
 from asvp.strategies.base import PoolState, Strategy, check_budget, register
 
@@ -104,12 +104,9 @@ def _prepare(probabilities: Any, embeddings: Any, chunk_rows: int, n_rows: int |
         p = np.array(probabilities[start:stop], dtype=np.float64)  # a copy: zeroed below
         h = np.asarray(embeddings[start:stop], dtype=np.float64)
         for what, block in (("probabilities", p), ("embeddings", h)):
-            finite = np.isfinite(block).all(axis=1)
-            if not finite.all():
-                raise DataError(
-                    f"BADGE: the selection model's {what} hold NaN/Inf (first bad unlabelled row "
-                    f"{start + int(np.argmin(finite))}); check the features and proxy settings"
-                )
+            require_finite_rows(block, f"BADGE: the selection model's {what} hold NaN/Inf values: unlabelled rows "
+                                f"{start}..{stop - 1}", "check the features and proxy settings",
+                                row_numbers=slice(start, stop), numbering="unlabelled row")
         rows = np.arange(stop - start)
         y[start:stop] = p.argmax(axis=1)
         top = p[rows, y[start:stop]]
