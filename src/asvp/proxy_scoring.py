@@ -2,7 +2,7 @@
 
 A proxy round is two jobs (train the proxy, score the pool), and `import torch` alone takes
 ~4.3 s here against ~1 s of scoring a 10k pool: the scoring job therefore reads the proxy's
-weights from `proxy.npz` (written next to `proxy.pt` by the training job) and runs the MLP's
+weights from `proxy.npz` (written by the training job, `proxy.save_weights`) and runs the MLP's
 eval-mode forward in float32 numpy: Linear -> BatchNorm (running statistics) -> ReLU -> Linear
 -> softmax. Rows are read from the features file in chunks, so a 1.28M-row pool is
 never loaded whole: uncertainty strategies score chunk by chunk (`queries.select_with_proxy`),

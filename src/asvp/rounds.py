@@ -23,7 +23,7 @@ from asvp.data import ImageDataset, build_transform, open_source
 from asvp.errors import ConfigError, DataError
 from asvp.pool import read_labelled, read_split_table, split_table, subset_indices, unlabelled_indices
 from asvp.queries import apply_strategy
-from asvp.proxy import ProxyRecipe, load_proxy, proxy_outputs, save_proxy, save_weights, train_proxy
+from asvp.proxy import ProxyRecipe, save_weights, train_proxy
 from asvp.strategies import get_strategy
 from asvp.training import classifier_from, predict
 
@@ -200,7 +200,6 @@ def train_proxy_round(
     x, _ = feature_store.load_rows(features_path, "pool", rows)
     recipe = ProxyRecipe.from_config(proxy_config)
     model = train_proxy(x, labelled["label"].to_numpy(), num_classes, recipe, seed=seed * 1000 + round_index)
-    save_proxy(model, out, recipe, {"n_labelled": len(rows), "features": str(features_path)})
     if weights_out is not None:
         save_weights(model, weights_out)
 
@@ -234,16 +233,7 @@ def select_round(
     if strategy.needs & {"probabilities", "embeddings"}:
         labelled_rows = labelled["pool_index"].to_numpy()
         want_embeddings = "embeddings" in strategy.needs
-        if proxy_path is not None and features_path is not None:
-            proxy = load_proxy(proxy_path)
-            batch = (config or {}).get("proxy", {}).get("inference_batch_size", 16384)
-            with feature_store.open_features(features_path) as handle:
-                outputs["probabilities"], outputs["embeddings"] = proxy_outputs(
-                    proxy, handle["pool/features"], unlabelled, batch, want_embeddings=want_embeddings)
-                if want_embeddings:
-                    _, outputs["labelled_embeddings"] = proxy_outputs(
-                        proxy, handle["pool/features"], labelled_rows, batch, want_embeddings=True)
-        elif model_path is not None and config is not None:
+        if model_path is not None and config is not None:
             # Standard AL: the fine-tuned network's softmax and its backbone features (the embedding
             # coreset / BADGE / ActiveFT work on), over the images themselves.
             model = classifier_from(torch.load(model_path, map_location="cpu", weights_only=False))
