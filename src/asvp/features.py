@@ -82,32 +82,6 @@ def mark_complete(handle: h5py.File, attrs: Mapping[str, Any], dtype: str, featu
     handle.attrs["complete"] = True
 
 
-def write_features(
-    out: str | Path,
-    splits: Mapping[str, tuple[np.ndarray, np.ndarray, Sequence[str]]],
-    *,
-    attrs: Mapping[str, Any],
-    dtype: str = "float32",
-) -> None:
-    """Write features already in memory, atomically: splits[name] = (features (N, D), labels (N,), ids).
-
-    For features computed elsewhere (and for tests, which need real files without a backbone).
-    """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = partial_path(out)
-    partial.unlink(missing_ok=True)
-    feature_dim = 0
-    with h5py.File(partial, "w") as handle:
-        for name, (features, labels, sample_ids) in splits.items():
-            features = np.asarray(features)
-            feature_dim = int(features.shape[1])
-            group = require_split(handle, name, labels, sample_ids, feature_dim, dtype, max(len(features), 1))
-            write_rows(handle, group, 0, features)
-        mark_complete(handle, attrs, dtype, feature_dim)
-    os.replace(partial, out)
-
-
 def check_sample_ids(handle: h5py.File, rows: np.ndarray, sample_ids: Sequence[str], source: str | Path) -> None:
     """Refuse a features file made for another pool: its sample ids at `rows` must be `sample_ids`
     (from pool.csv or labelled.csv, `source`). A stale or copied file would otherwise give
