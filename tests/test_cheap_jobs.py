@@ -20,7 +20,7 @@ import pytest
 
 from asvp.atomic import read_json, write_csv
 from asvp.config import validate_config
-from asvp.features import write_features
+from asvp import features as feature_store
 from asvp.pool import split_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +52,18 @@ def asvp(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 def assert_torch_free(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "heavy modules: []" in result.stdout, result.stdout + result.stderr
+
+
+def write_features(out: Path, splits: dict[str, tuple[np.ndarray, np.ndarray, list[str]]], attrs: dict) -> None:
+    """A complete features.h5 of features already in memory, through the writer the extraction fills:
+    splits[name] = (features (N, D) float32, labels (N,), sample ids)."""
+    partial = feature_store.partial_path(out)
+    with feature_store.open_partial(partial, fingerprint="test") as handle:
+        for name, (features, labels, sample_ids) in splits.items():
+            group = feature_store.require_split(handle, name, labels, sample_ids, features.shape[1], "float32", len(features))
+            feature_store.write_rows(handle, group, 0, features)
+        feature_store.mark_complete(handle, attrs, "float32", features.shape[1])
+    os.replace(partial, out)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from asvp.errors import DataError
 from asvp.extraction import SplitInput, extract_features
-from asvp.features import load_rows, open_features, partial_path, read_attrs
+from asvp.features import load_rows, open_features, partial_path, read_attrs, read_rows
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -190,6 +190,26 @@ def test_load_rows_returns_rows_in_the_requested_order(reference: Path) -> None:
     all_features, all_labels = load_rows(reference, "test")
     np.testing.assert_array_equal(all_features, everything["test/features"])
     np.testing.assert_array_equal(all_labels, everything["test/labels"])
+
+
+def test_read_rows_returns_any_rows_in_the_callers_order_from_memory_memmap_and_hdf5(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float16)
+    ids = np.array([f"id{i}" for i in range(40)], dtype=object)
+    np.save(tmp_path / "x.npy", x)
+    with h5py.File(tmp_path / "x.h5", "w") as handle:
+        handle["x"] = x
+        handle.create_dataset("ids", data=ids, dtype=h5py.string_dtype())
+    cases = [np.arange(3, 9), np.array([0, 2, 1, 3]), np.array([1, 2, 4, 7]), np.array([39, 0]), np.array([5, 1]),
+             np.array([7]), np.array([], dtype=np.int64)]  # consecutive; unordered; dense; sparse; one; none
+    with h5py.File(tmp_path / "x.h5", "r") as handle:
+        for array in (x, np.load(tmp_path / "x.npy", mmap_mode="r"), handle["x"]):
+            for rows in cases:
+                got = read_rows(array, rows)
+                assert got.dtype == np.float16 and got.shape == (len(rows), 3)
+                np.testing.assert_array_equal(got, x[rows])
+            np.testing.assert_array_equal(read_rows(array, slice(4, 11)), x[4:11])
+        for rows in cases[:5]:
+            assert [v.decode() for v in read_rows(handle["ids"], rows)] == ids[rows].tolist()
 
 
 def test_load_rows_refuses_nan_rows(reference: Path) -> None:

@@ -13,7 +13,8 @@ from torch import nn
 
 import asvp.proxy
 from asvp.errors import DataError
-from asvp.proxy import ProxyMLP, ProxyRecipe, _batches, load_proxy, proxy_outputs, save_proxy, train_proxy
+from asvp.proxy import ProxyMLP, ProxyRecipe, _batches, save_weights, train_proxy
+from asvp.proxy_scoring import load_weights, proxy_chunks, write_proxy_outputs
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -31,6 +32,18 @@ def _blobs(n_per_class: int = 20, dim: int = 8, classes: int = 3, seed: int = 0)
 
 def _weights(model: nn.Module) -> list[torch.Tensor]:
     return [t.detach().clone() for t in model.state_dict().values()]
+
+
+def _saved_weights(model: ProxyMLP, folder: Path) -> dict[str, np.ndarray]:
+    """The weights as the select job gets them: saved to proxy.npz by the training job, loaded back."""
+    save_weights(model, folder / "proxy.npz")
+    return load_weights(folder / "proxy.npz")
+
+
+def _scored(model: ProxyMLP, features: object, rows: np.ndarray, batch_size: int, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, hidden embeddings) of `rows`, scored in numpy as the select job scores them."""
+    chunks = list(proxy_chunks(_saved_weights(model, folder), features, rows, batch_size))
+    return np.concatenate([p for _, p, _ in chunks]), np.concatenate([h for _, _, h in chunks])
 
 
 def test_architecture_is_linear_batchnorm_relu_linear_with_hidden_equal_to_feature_dim() -> None:
@@ -72,10 +85,10 @@ def test_batches_merge_a_trailing_single_sample_and_cover_every_row_once() -> No
     assert [len(b) for b in _batches(1, 16, torch.Generator().manual_seed(0))] == [1]
 
 
-def test_proxy_learns_separable_blobs() -> None:
+def test_proxy_learns_separable_blobs(tmp_path: Path) -> None:
     features, labels = _blobs(n_per_class=30)
     model = train_proxy(features, labels, 3, ProxyRecipe(epochs=20, lr=0.05, batch_size=16), seed=0)
-    probs, _ = proxy_outputs(model, features, np.arange(len(features)), batch_size=64)
+    probs, _ = _scored(model, features, np.arange(len(features)), 64, tmp_path)
     assert (probs.argmax(axis=1) == labels).mean() >= 0.95
 
 
@@ -120,36 +133,42 @@ def test_fewer_than_two_labelled_samples_raise() -> None:
         train_proxy(features[:1], labels[:1], 3, FAST, seed=0)
 
 
-def test_proxy_outputs_on_nan_pool_features_raise() -> None:
+def test_scoring_nan_pool_features_raises(tmp_path: Path) -> None:
     features, labels = _blobs()
     model = train_proxy(features, labels, 3, FAST, seed=0)
     pool = features.copy()
     pool[3] = np.nan
     with pytest.raises(DataError):
-        proxy_outputs(model, pool, np.arange(len(pool)), batch_size=8)
+        _scored(model, pool, np.arange(len(pool)), 8, tmp_path)
 
 
-def test_probabilities_sum_to_one_and_embeddings_have_the_hidden_width() -> None:
+def test_probabilities_sum_to_one_and_embeddings_have_the_hidden_width(tmp_path: Path) -> None:
     features, labels = _blobs()
     model = train_proxy(features, labels, 3, FAST, seed=0)
-    probs, embeds = proxy_outputs(model, features, np.arange(len(features)), batch_size=7, want_embeddings=True)
-    assert probs.shape == (len(features), 3) and probs.dtype == np.float32
+    unlabelled, labelled = np.arange(10, len(features)), np.arange(10)
+    paths = write_proxy_outputs(_saved_weights(model, tmp_path), features, unlabelled, labelled, tmp_path, 7,
+                                with_probabilities=True)
+    probs, embeds = np.load(paths["probabilities"]), np.load(paths["hidden"])
+    assert probs.shape == (len(unlabelled), 3) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
     assert (probs >= 0).all()
-    assert embeds is not None and embeds.shape == (len(features), features.shape[1])
-    _, none = proxy_outputs(model, features, np.arange(5), batch_size=7)
-    assert none is None
+    assert embeds.shape == (len(unlabelled), features.shape[1])
+    assert np.load(paths["labelled_hidden"]).shape == (len(labelled), features.shape[1])
+    (tmp_path / "proxy_probabilities.npy").unlink()
+    paths = write_proxy_outputs(_saved_weights(model, tmp_path), features, unlabelled, labelled, tmp_path, 7,
+                                with_probabilities=False)
+    assert "probabilities" not in paths and not (tmp_path / "proxy_probabilities.npy").exists()
 
 
-def test_proxy_outputs_from_hdf5_with_unsorted_rows_match_in_memory_order(tmp_path: Path) -> None:
+def test_scoring_from_hdf5_with_unsorted_rows_matches_in_memory_order(tmp_path: Path) -> None:
     features, labels = _blobs()
     model = train_proxy(features, labels, 3, FAST, seed=0)
     rows = np.array([41, 3, 17, 0, 59, 22, 8, 35, 1, 50, 12], dtype=np.int64)
     with h5py.File(tmp_path / "f.h5", "w") as handle:
         handle.create_dataset("features", data=features)
     with h5py.File(tmp_path / "f.h5", "r") as handle:
-        from_disk, disk_embeds = proxy_outputs(model, handle["features"], rows, batch_size=4, want_embeddings=True)
-    in_memory, memory_embeds = proxy_outputs(model, features, rows, batch_size=4, want_embeddings=True)
+        from_disk, disk_embeds = _scored(model, handle["features"], rows, 4, tmp_path)
+    in_memory, memory_embeds = _scored(model, features, rows, 4, tmp_path)
     np.testing.assert_array_equal(from_disk, in_memory)
     np.testing.assert_array_equal(disk_embeds, memory_embeds)
     # each row is the proxy's output on exactly that feature row, in the requested order
@@ -158,20 +177,23 @@ def test_proxy_outputs_from_hdf5_with_unsorted_rows_match_in_memory_order(tmp_pa
     np.testing.assert_allclose(from_disk, direct, rtol=1e-5, atol=1e-6)
 
 
-def test_save_and_load_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
+def test_saved_weights_load_back_as_the_models_float32_arrays_with_no_temp_file_left(tmp_path: Path) -> None:
     features, labels = _blobs()
     model = train_proxy(features, labels, 3, FAST, seed=0)
-    path = tmp_path / "proxy.pt"
-    save_proxy(model, path, FAST, {"round": 2})
-    loaded = load_proxy(path)
-    assert not loaded.training
+    weights = _saved_weights(model, tmp_path)
+    linear, norm = model.hidden[0], model.hidden[1]
+    expected = {"hidden_weight": linear.weight, "hidden_bias": linear.bias, "bn_weight": norm.weight, "bn_bias": norm.bias,
+                "bn_running_mean": norm.running_mean, "bn_running_var": norm.running_var,
+                "classifier_weight": model.classifier.weight, "classifier_bias": model.classifier.bias}
+    assert sorted(weights) == sorted(expected)
+    for name, tensor in expected.items():
+        assert weights[name].dtype == np.float32
+        np.testing.assert_array_equal(weights[name], tensor.detach().numpy())
     rows = np.arange(len(features))
-    original, _ = proxy_outputs(model, features, rows, batch_size=16)
-    reloaded, _ = proxy_outputs(loaded, features, rows, batch_size=16)
+    original, _ = _scored(model, features, rows, 16, tmp_path)
+    reloaded = np.concatenate([p for _, p, _ in proxy_chunks(weights, features, rows, 16)])
     np.testing.assert_array_equal(original, reloaded)
-    payload = torch.load(path, weights_only=True)
-    assert payload["recipe"]["lr"] == FAST.lr and payload["round"] == 2
-    assert [p.name for p in tmp_path.iterdir()] == ["proxy.pt"]  # no temp file left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["proxy.npz"]  # no temp file left behind
 
 
 def test_recipe_from_config_accepts_the_validated_proxy_section() -> None:
@@ -184,9 +206,6 @@ def test_recipe_from_config_accepts_the_validated_proxy_section() -> None:
 
 def test_the_numpy_scoring_pass_matches_the_torch_proxy(tmp_path: Path) -> None:
     """The select job scores with proxy.npz in numpy (no torch import): same probabilities."""
-    from asvp.proxy import save_weights
-    from asvp.proxy_scoring import load_weights, proxy_chunks
-
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 8)).astype(np.float32)
     y = np.arange(60) % 3
@@ -195,7 +214,8 @@ def test_the_numpy_scoring_pass_matches_the_torch_proxy(tmp_path: Path) -> None:
     with h5py.File(tmp_path / "f.h5", "w") as handle:
         handle["pool/features"] = x
     rows = np.array([50, 3, 31, 59, 10, 32])  # unsorted, as unlabelled rows may be
-    expected, _ = proxy_outputs(model, x, rows, batch_size=4)
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.as_tensor(x[rows])), dim=1).numpy()
     with h5py.File(tmp_path / "f.h5") as handle:
         got = np.concatenate([p for _, p, _ in proxy_chunks(load_weights(tmp_path / "proxy.npz"), handle["pool/features"],
                                                               rows, batch_size=4)])
@@ -205,9 +225,6 @@ def test_the_numpy_scoring_pass_matches_the_torch_proxy(tmp_path: Path) -> None:
 
 def test_consecutive_rows_are_read_as_a_slice_with_the_same_outputs_as_a_gather(tmp_path: Path) -> None:
     """The whole pool in order takes the slice path; the same rows gathered give the same bits."""
-    from asvp.proxy import save_weights
-    from asvp.proxy_scoring import load_weights, proxy_chunks
-
     rng = np.random.default_rng(1)
     x = rng.normal(size=(40, 8)).astype(np.float16)
     model = train_proxy(x[:20].astype(np.float32), np.arange(20) % 3, 3, ProxyRecipe(epochs=3, batch_size=8), seed=0)
@@ -224,12 +241,3 @@ def test_consecutive_rows_are_read_as_a_slice_with_the_same_outputs_as_a_gather(
         outputs[name] = (probabilities[order], hidden[order])
     np.testing.assert_array_equal(outputs["slice"][0], outputs["gather"][0])
     np.testing.assert_array_equal(outputs["slice"][1], outputs["gather"][1])
-    from asvp.proxy_scoring import _read_chunk
-
-    for rows in (np.array([0, 2, 1, 3]), np.array([1, 2, 4, 7]), np.array([0, 39])):  # unordered; dense; sparse
-        np.testing.assert_array_equal(_read_chunk(x, rows), x[rows].astype(np.float32))
-    with h5py.File(tmp_path / "f.h5", "w") as handle:
-        handle["pool/features"] = x
-    with h5py.File(tmp_path / "f.h5") as handle:
-        for rows in (np.arange(3, 9), np.array([1, 2, 4, 7]), np.array([0, 39]), np.array([5, 1])):
-            np.testing.assert_array_equal(_read_chunk(handle["pool/features"], rows), x[rows].astype(np.float32))

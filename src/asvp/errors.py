@@ -5,6 +5,13 @@ not fit, NaN features) is raised as an `AsvpError` whose message names the file 
 what to do. The CLI prints such errors as one line and exits non-zero, without a traceback.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # numpy is imported where it is used: importing this module stays free
+    import numpy as np
+
 
 class AsvpError(Exception):
     """An error caused by input the user controls; the message says what to fix."""
@@ -22,11 +29,15 @@ class CheckpointError(AsvpError):
     """A weight file is missing, has the wrong hash, or does not fit the architecture."""
 
 
-def require_finite_rows(array, what: str, fix: str = "re-extract the features or drop those samples") -> None:  # type: ignore[no-untyped-def]
+def require_finite_rows(array: Any, what: str, fix: str = "re-extract the features or drop those samples", *,
+                        row_numbers: slice | np.ndarray | None = None, numbering: str = "") -> None:
     """Raise a DataError counting the rows of a 2-D array that hold NaN and those that hold Inf.
 
     Checked in row chunks so a pool-sized array is never copied whole. A NaN that reaches
     LogME, PED or the proxy yields a silently wrong verdict or selection, never an error.
+    row_numbers: when `array` holds rows read from a larger array (a slice, or (n,) indices),
+    the message numbers the first bad row as that array does, so the user can find it.
+    numbering: what the row numbers count ("pool row", "unlabelled row"), said before the number.
     """
     import numpy as np
 
@@ -44,5 +55,14 @@ def require_finite_rows(array, what: str, fix: str = "re-extract the features or
     if nan_rows or inf_rows:
         raise DataError(
             f"{what} contain NaN in {nan_rows} and Inf in {inf_rows} of {array.shape[0]} rows "
-            f"(first bad row: {first_bad}); {fix}"
+            f"(first bad row: {numbering + ' ' if numbering else ''}{_row_number(row_numbers, first_bad)}); {fix}"
         )
+
+
+def _row_number(row_numbers: slice | np.ndarray | None, k: int) -> int:
+    """The number of row k of a block read as `row_numbers` (a slice or indices; None: k itself)."""
+    if row_numbers is None:
+        return k
+    if isinstance(row_numbers, slice):
+        return (row_numbers.start or 0) + k * (row_numbers.step or 1)
+    return int(row_numbers[k])

@@ -38,7 +38,7 @@ from asvp import distributed
 from asvp import features as store
 from asvp.batching import iterate_batches
 from asvp.crash import crash_point
-from asvp.errors import DataError
+from asvp.errors import DataError, require_finite_rows
 from asvp.precision import inference_autocast
 
 
@@ -156,11 +156,9 @@ def _check_count(name: str, rows: int, start: int, stop: int) -> None:
 
 
 def _check_finite(name: str, block: np.ndarray, start: int, stop: int) -> None:
-    if not np.isfinite(block).all():
-        raise DataError(
-            f"backbone produced NaN/Inf features for {name} rows {start}..{stop - 1}; "
-            "check the checkpoint (backbone.checkpoint) and the input images"
-        )
+    require_finite_rows(block, f"backbone produced NaN/Inf features for {name} rows {start}..{stop - 1}: they",
+                        "check the checkpoint (backbone.checkpoint) and the input images", row_numbers=slice(start, stop),
+                        numbering=f"{name} row")
 
 
 def _extract_rank(rank: int, world_size: int, model: torch.nn.Module, splits: Mapping[str, SplitInput], out: Path,

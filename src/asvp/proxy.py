@@ -12,7 +12,7 @@ train mode raises on it) is merged into the previous batch, and every random cho
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from asvp.errors import DataError, require_finite_rows
-from asvp.precision import inference_autocast
 
 
 @dataclass(frozen=True)
@@ -108,63 +107,6 @@ def train_proxy(
             loss.backward()
             optimizer.step()
             scheduler.step()
-    model.eval()
-    return model
-
-
-@torch.no_grad()
-def proxy_outputs(
-    model: ProxyMLP, features: Any, rows: np.ndarray, batch_size: int, *, want_embeddings: bool = False
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Softmax probabilities (len(rows), C) float32 and optionally hidden embeddings (len(rows), D).
-
-    `features` may be an in-memory array or an h5py dataset: rows are read in sorted chunks so a
-    1.28M-row ImageNet pool is never loaded whole. The pass runs where the model is; on CUDA under
-    bf16/fp16 autocast (outputs are returned as float32), on the CPU exactly as in float32.
-    """
-    model.eval()
-    device = next(model.parameters()).device
-    rows = np.asarray(rows, dtype=np.int64)
-    probs: list[np.ndarray] = []
-    embeds: list[np.ndarray] = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        x = torch.as_tensor(np.asarray(features[np.sort(chunk)], dtype=np.float32))
-        # h5py needs increasing indices; restore the caller's order afterwards.
-        x = x[torch.as_tensor(np.argsort(np.argsort(chunk)))]
-        if not torch.isfinite(x).all():
-            raise DataError("pool features contain NaN or Inf; re-extract the features (delete the file and rerun)")
-        with inference_autocast(device):
-            hidden = model.embed(x.to(device, non_blocking=True))
-            logits = model.classifier(hidden)
-        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-        if want_embeddings:
-            embeds.append(hidden.float().cpu().numpy())
-    num_classes = model.classifier.out_features
-    p = np.concatenate(probs) if probs else np.zeros((0, num_classes), np.float32)
-    e = (np.concatenate(embeds) if embeds else np.zeros((0, model.classifier.in_features), np.float32)) if want_embeddings else None
-    return p, e
-
-
-def save_proxy(model: ProxyMLP, path: str | Path, recipe: ProxyRecipe, extra: dict[str, Any]) -> None:
-    """Save weights with the recipe, so a proxy file says how it was trained."""
-    from asvp.atomic import atomic_path
-
-    payload = {
-        "state_dict": model.state_dict(),
-        "feature_dim": model.classifier.in_features,
-        "num_classes": model.classifier.out_features,
-        "recipe": asdict(recipe),
-        **extra,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_proxy(path: str | Path) -> ProxyMLP:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    model = ProxyMLP(payload["feature_dim"], payload["num_classes"])
-    model.load_state_dict(payload["state_dict"])
     model.eval()
     return model
 

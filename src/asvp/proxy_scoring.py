@@ -2,9 +2,9 @@
 
 A proxy round is two jobs (train the proxy, score the pool), and `import torch` alone takes
 ~4.3 s here against ~1 s of scoring a 10k pool: the scoring job therefore reads the proxy's
-weights from `proxy.npz` (written next to `proxy.pt` by the training job) and runs the MLP's
+weights from `proxy.npz` (written by the training job, `proxy.save_weights`) and runs the MLP's
 eval-mode forward in float32 numpy: Linear -> BatchNorm (running statistics) -> ReLU -> Linear
--> softmax. Rows are read from the features file in sorted chunks, so a 1.28M-row pool is
+-> softmax. Rows are read from the features file in chunks, so a 1.28M-row pool is
 never loaded whole: uncertainty strategies score chunk by chunk (`queries.select_with_proxy`),
 diversity strategies read the hidden embeddings from memory-mapped files (`write_proxy_outputs`).
 """
@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from asvp.errors import DataError
+from asvp.errors import require_finite_rows
+from asvp.features import read_rows
 
 BATCHNORM_EPS = 1e-5  # torch.nn.BatchNorm1d's default, with which the proxy is trained
 
@@ -36,19 +37,6 @@ def _folded(weights: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.
     return w1, b1, weights["classifier_weight"].T.astype(np.float32), weights["classifier_bias"]
 
 
-def _read_chunk(features: Any, chunk: np.ndarray) -> np.ndarray:
-    """features[chunk] as float32: a slice when the rows are consecutive (the whole pool in
-    order: no gather copy), else one gather in increasing order (h5py wants increasing indices).
-    Reading the span of dense unlabelled rows and picking in memory was no faster than h5py's
-    own gather (0.24 vs 0.20 s for 98k of 100k rows x 512 float16, measured)."""
-    if len(chunk) and np.all(np.diff(chunk) == 1):
-        return np.asarray(features[int(chunk[0]) : int(chunk[-1]) + 1], dtype=np.float32)
-    order = np.argsort(chunk)
-    x = np.empty((len(chunk), features.shape[1]), dtype=np.float32)
-    x[order] = np.asarray(features[chunk[order]], dtype=np.float32)
-    return x
-
-
 def proxy_chunks(weights: dict[str, np.ndarray], features: Any, rows: np.ndarray,
                  batch_size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """(start, probabilities (n, C) float32, hidden (n, H) float32) for consecutive chunks of
@@ -58,9 +46,9 @@ def proxy_chunks(weights: dict[str, np.ndarray], features: Any, rows: np.ndarray
     w1, b1, w2, b2 = _folded(weights)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        x = _read_chunk(features, chunk)
-        if not np.isfinite(x).all():
-            raise DataError("pool features contain NaN or Inf; re-extract the features (delete the file and rerun)")
+        x = np.asarray(read_rows(features, chunk), dtype=np.float32)
+        require_finite_rows(x, "pool features", "re-extract the features (delete the file and rerun)", row_numbers=chunk,
+                            numbering="pool row")
         # In place after each product: every (n, H) or (n, C) temporary costs a pass over memory.
         hidden = x @ w1
         hidden += b1

@@ -68,9 +68,6 @@ class StagePlan:
     steps: int
     epoch_starts: tuple[int, ...]  # step at which each schedule epoch starts, plus the total at the end
 
-    def epoch_of(self, step: int) -> int:
-        return max(k for k, start in enumerate(self.epoch_starts[:-1]) if start <= step)
-
 
 def plan_stage(stage: Stage, n: int, batch_size: int) -> StagePlan:
     """Steps of a stage: `epochs` passes over the data, at least `min_steps`, full batches only.

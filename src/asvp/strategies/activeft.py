@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from asvp.errors import ConfigError, DataError
+from asvp.errors import ConfigError, DataError, require_finite_rows
+from asvp.features import read_rows
 from asvp.strategies.base import PoolState, Strategy, check_budget, register
 
 MAX_ELEMENTS = 1 << 24  # entries of one similarity slice: 64 MiB of float32
@@ -56,23 +57,13 @@ def _torch_device(device: str) -> Any:
 
 
 def _read(array: Any, rows: np.ndarray | slice, what: str, device: Any) -> Any:
-    """L2-normalised float32 tensor of array[rows]; `rows` ascending (h5py reads need that)."""
+    """L2-normalised float32 tensor of array[rows], in the order of `rows`."""
     import torch
     import torch.nn.functional as F
 
-    block = np.array(array[rows], dtype=np.float32)  # a copy: a float32 memory map is read-only
-    if not np.isfinite(block).all():
-        bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
-        first = np.arange(array.shape[0])[rows][bad[0]]
-        raise DataError(f"{what} hold NaN/Inf (first bad row: {first}); re-extract the features or drop those samples")
+    block = np.array(read_rows(array, rows), dtype=np.float32)  # a copy: a float32 memory map is read-only
+    require_finite_rows(block, what, row_numbers=rows)
     return F.normalize(torch.from_numpy(block).to(device), dim=1)
-
-
-def _read_in_order(array: Any, positions: np.ndarray, what: str, device: Any) -> Any:
-    """Rows at arbitrary distinct `positions`, returned in that order (read sorted)."""
-    order = np.argsort(positions, kind="stable")
-    rows = _read(array, positions[order], what, device)
-    return rows[np.argsort(order, kind="stable")]
 
 
 def _read_all(array: Any, what: str, device: Any, dim: int) -> Any:
@@ -256,7 +247,7 @@ def activeft_select(
     dev = _torch_device(device)
     fixed = _read_all(labelled_embeddings, "labelled embeddings", dev, dim)
     init = rng.choice(n_rows, size=budget, replace=False)
-    param = torch.nn.Parameter(_read_in_order(embeddings, init, "pool embeddings", dev))
+    param = torch.nn.Parameter(_read(embeddings, init, "pool embeddings", dev))
     optimizer = torch.optim.Adam([param], lr=lr)
     log_balance = float(np.log(balance)) if balance > 0 else -np.inf
     losses = np.empty(iterations, dtype=np.float64)

@@ -56,25 +56,13 @@ from typing import Any
 
 import numpy as np
 
-from asvp.errors import ConfigError, DataError
+from asvp.errors import ConfigError, DataError, require_finite_rows
+from asvp.features import read_rows
 from asvp.strategies.base import PoolState, Strategy, check_budget, register
 
 CHUNK_ROWS = 4096  # rows per read: 4096 x (1000 + 2048) float64 = 100 MB at ImageNet scale
 KAPPA = 1e-9  # rounding allowance on a squared distance, relative to s_i + s_c
 FANOUT = 64  # sampler tree fan-out and pruning block size
-
-
-def _read_rows(array: Any, pos: np.ndarray) -> np.ndarray:
-    """array[pos] for ascending positions: a slice when they are contiguous, and one slice read
-    when they are dense in storage that is slow to gather from (h5py needs ascending lists)."""
-    lo, hi = int(pos[0]), int(pos[-1]) + 1
-    if hi - lo == len(pos):
-        return np.asarray(array[lo:hi])
-    if isinstance(array, np.ndarray):
-        return array[pos]
-    if hi - lo <= 4 * len(pos):
-        return np.asarray(array[lo:hi])[pos - lo]
-    return np.asarray(array[pos])
 
 
 @dataclass(frozen=True)
@@ -116,12 +104,9 @@ def _prepare(probabilities: Any, embeddings: Any, chunk_rows: int, n_rows: int |
         p = np.array(probabilities[start:stop], dtype=np.float64)  # a copy: zeroed below
         h = np.asarray(embeddings[start:stop], dtype=np.float64)
         for what, block in (("probabilities", p), ("embeddings", h)):
-            finite = np.isfinite(block).all(axis=1)
-            if not finite.all():
-                raise DataError(
-                    f"BADGE: the selection model's {what} hold NaN/Inf (first bad unlabelled row "
-                    f"{start + int(np.argmin(finite))}); check the features and proxy settings"
-                )
+            require_finite_rows(block, f"BADGE: the selection model's {what} hold NaN/Inf values: unlabelled rows "
+                                f"{start}..{stop - 1}", "check the features and proxy settings",
+                                row_numbers=slice(start, stop), numbering="unlabelled row")
         rows = np.arange(stop - start)
         y[start:stop] = p.argmax(axis=1)
         top = p[rows, y[start:stop]]
@@ -165,9 +150,9 @@ def _distances(pool: _Pool, pos: np.ndarray, centre: _Centre, chunk_rows: int) -
     out = np.empty(len(pos))
     for k in range(0, len(pos), chunk_rows):
         rows = pos[k : k + chunk_rows]
-        a = _read_rows(pool.probabilities, rows).astype(np.float64)
+        a = read_rows(pool.probabilities, rows).astype(np.float64)
         a[np.arange(len(rows)), pool.y[rows]] -= 1.0
-        h = _read_rows(pool.embeddings, rows).astype(np.float64)
+        h = read_rows(pool.embeddings, rows).astype(np.float64)
         cross = np.einsum("ij,j->i", a, centre.a) * np.einsum("ij,j->i", h, centre.h)
         total = pool.s[rows] + centre.s
         d = total - 2.0 * cross
@@ -396,7 +381,7 @@ def _gather(array: Any, rows: np.ndarray, chunk_rows: int, projection: np.ndarra
     dtype = np.float32 if projection is not None else np.result_type(array.dtype, np.float16)
     out = np.empty((len(rows), width), dtype=dtype)
     for k in range(0, len(rows), chunk_rows):
-        block = _read_rows(array, rows[k : k + chunk_rows])
+        block = read_rows(array, rows[k : k + chunk_rows])
         out[k : k + len(block)] = block if projection is None else block.astype(np.float32) @ projection
     return out
 

@@ -49,7 +49,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from asvp.errors import DataError
+from asvp.errors import DataError, require_finite_rows
+from asvp.features import read_rows
 from asvp.strategies.base import PoolState, Strategy, check_budget, register
 
 CHUNK_ROWS = 65536  # rows per read in the full passes (norms, labelled minima, the plain loop)
@@ -61,8 +62,8 @@ _REL = 1e-12  # relative slack on every bound: far above float64 rounding, far b
 
 
 def _f32(array: Any, rows: np.ndarray | slice) -> np.ndarray:
-    """array[rows] as float32 (float16 -> float32 is exact); `rows` ascending for h5py."""
-    return np.ascontiguousarray(np.asarray(array[rows]), dtype=np.float32)
+    """array[rows] as float32 (float16 -> float32 is exact), in the order of `rows`."""
+    return np.ascontiguousarray(read_rows(array, rows), dtype=np.float32)
 
 
 def _exact_sq(y: np.ndarray, rows: np.ndarray, c: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -126,15 +127,15 @@ def _relax(y: np.ndarray, ny: np.ndarray, ub: np.ndarray, c: np.ndarray, nc: np.
             pending = []
 
 
-def _norms(array: Any, what: str, chunk: int) -> np.ndarray:
-    """(N,) float64 squared row norms in one chunked pass; refuses NaN/Inf rows (they break argmax)."""
+def _norms(array: Any, rows: str, chunk: int) -> np.ndarray:
+    """(N,) float64 squared row norms of the `rows` ("unlabelled", "labelled") embeddings in one chunked
+    pass; refuses NaN/Inf rows (they break argmax)."""
     out = np.empty(array.shape[0], dtype=np.float64)
     for start in range(0, array.shape[0], chunk):
         block = _f32(array, slice(start, start + chunk))
         out[start : start + len(block)] = np.einsum("ij,ij->i", block, block, dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(out))
-    if bad.size:
-        raise DataError(f"{what} hold NaN/Inf in {bad.size} rows (first: row {bad[0]}); re-extract the embeddings")
+    # A row's squared norm is NaN or Inf exactly when the row holds one (float32 squares stay finite in float64).
+    require_finite_rows(out[:, None], f"{rows} embeddings", "re-extract the embeddings", numbering=f"{rows} row")
     return out
 
 
@@ -159,7 +160,7 @@ def _labelled_minima(embeddings: Any, ny: np.ndarray, labelled: Any, chunk: int)
     ub = np.full(len(ny), np.inf)
     n_lab = 0 if labelled is None else labelled.shape[0]
     if n_lab:
-        nl = _norms(labelled, "labelled embeddings", chunk)
+        nl = _norms(labelled, "labelled", chunk)
         for ls in tqdm(range(0, n_lab, chunk), desc="coreset: labelled minima", unit="chunk",
                        disable=n_lab * len(ny) < 10**9):
             c = _f32(labelled, slice(ls, ls + chunk))
@@ -177,7 +178,7 @@ def kcenter_greedy_reference(
     The yardstick for `kcenter_greedy` in tests and benchmarks; same tie rule and arithmetic.
     """
     n_rows, n_lab, _ = _check(embeddings, labelled_embeddings)
-    ny = _norms(embeddings, "pool embeddings", chunk_size)
+    ny = _norms(embeddings, "unlabelled", chunk_size)
     ub = _labelled_minima(embeddings, ny, labelled_embeddings, chunk_size)
     scores = ub.copy()
     picks: list[int] = []
@@ -234,8 +235,8 @@ class _LazyBounds:
         if len(rows) > REFRESH_ROWS:
             cut = min(cut, float(np.partition(bounds, -REFRESH_ROWS)[-REFRESH_ROWS]))
         rows = rows[bounds >= max(cut, -np.finfo(np.float64).max)]
-        by = np.argsort(self.fresh[rows], kind="stable")
-        y, rows = _f32(self.x, rows)[by], rows[by]  # read ascending (h5py), then by staleness
+        rows = rows[np.argsort(self.fresh[rows], kind="stable")]  # by staleness, for _relax
+        y = _f32(self.x, rows)
         ub = self.ub[rows]
         _relax(y, self.ny[rows], ub, picked, picked_sq, self.fresh[rows])
         self.ub[rows], self.fresh[rows] = ub, len(picked)
@@ -252,7 +253,7 @@ def kcenter_greedy(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact lazy k-center greedy: the outputs of `kcenter_greedy_reference`, far fewer distances."""
     n_rows, n_lab, dim = _check(embeddings, labelled_embeddings)
-    ny = _norms(embeddings, "pool embeddings", chunk_size)
+    ny = _norms(embeddings, "unlabelled", chunk_size)
     scores = _labelled_minima(embeddings, ny, labelled_embeddings, chunk_size)
     state = _LazyBounds(embeddings, ny, scores.copy(), block_rows)
     picked = np.empty((budget, dim), dtype=np.float32)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from asvp.errors import DataError
+from asvp.errors import require_finite_rows
 from asvp.strategies.base import PoolState, Strategy, register
 
 
@@ -23,8 +23,7 @@ def _probabilities(state: PoolState, dtype: type = np.float64) -> np.ndarray:
     probs = np.asarray(state.probabilities)
     if dtype is not None or probs.dtype not in (np.float32, np.float64):
         probs = np.asarray(probs, dtype=dtype or np.float64)
-    if not np.isfinite(probs).all():
-        raise DataError("the selection model produced NaN/Inf probabilities; check the features and proxy settings")
+    require_finite_rows(probs, "the selection model's probabilities", "check the features and proxy settings")
     return probs
 
 
