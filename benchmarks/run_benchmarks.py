@@ -209,7 +209,7 @@ def import_seconds(stderr: str) -> float:
 
 def bench_proxy_jobs(config: dict, n_pool: int, n_labelled: int, budget: int, repeats: int) -> Results:
     """The two jobs as the rules run them: train-proxy (torch) and select (numpy, proxy.npz)."""
-    from asvp import queries, rounds
+    from asvp.steps import select
 
     proxy_cfg = json.dumps({"proxy": config["proxy"]}, sort_keys=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -217,9 +217,9 @@ def bench_proxy_jobs(config: dict, n_pool: int, n_labelled: int, budget: int, re
         files = write_round_files(config, folder, n_pool, n_labelled)
         commands = {
             "train-proxy": ["--threads", "2", "train-proxy", "--config-json", proxy_cfg, "--features", str(files["features"]),
-                            "--labelled", str(files["labelled"]), "--seed", "0", "--round", "1", "--out", str(folder / "proxy.pt"),
+                            "--labelled", str(files["labelled"]), "--seed", "0", "--round", "1",
                             "--weights-out", str(folder / "proxy.npz")],
-            "select": ["--threads", "2", "select", "--strategy", "margin", "--budget", str(budget), "--seed", "0", "--round", "1",
+            "select": ["--threads", "2", "select-proxy", "--strategy", "margin", "--budget", str(budget), "--seed", "0", "--round", "1",
                        "--pool", str(files["pool"]), "--labelled", str(files["labelled"]), "--features", str(files["features"]),
                        "--proxy-weights", str(folder / "proxy.npz"), "--config-json", proxy_cfg,
                        "--selected-out", str(folder / "selected.csv"), "--scores-out", str(folder / "scores.npy")],
@@ -230,10 +230,11 @@ def bench_proxy_jobs(config: dict, n_pool: int, n_labelled: int, budget: int, re
                 subprocess.run([sys.executable, "-m", "asvp", *args], check=True, capture_output=True)
 
         def in_process() -> None:
-            rounds.train_proxy_round(files["features"], files["labelled"], config["proxy"], 0, 1, folder / "proxy_in.pt",
-                                     folder / "proxy_in.npz")
-            queries.select_with_proxy("margin", budget, 0, 1, files["pool"], files["labelled"], files["features"],
-                                      folder / "proxy_in.npz", folder / "sel_in.csv", folder / "scores_in.npy")
+            select.train_proxy({"proxy": config["proxy"]}, str(files["features"]), str(files["labelled"]), 0, 1,
+                               str(folder / "proxy_in.npz"))
+            select.select_proxy(select.Query("margin", budget, 0, 1, str(files["pool"]), str(files["labelled"]),
+                                             str(folder / "sel_in.csv"), str(folder / "scores_in.npy")),
+                                str(files["features"]), str(folder / "proxy_in.npz"))
 
         in_process()  # warm-up
         best = best_seconds({"in_process": in_process, "jobs": jobs}, repeats)

@@ -5,7 +5,7 @@ A proxy round is two jobs (train the proxy, score the pool), and `import torch` 
 weights from `proxy.npz` (written by the training job, `proxy.save_weights`) and runs the MLP's
 eval-mode forward in float32 numpy: Linear -> BatchNorm (running statistics) -> ReLU -> Linear
 -> softmax. Rows are read from the features file in chunks, so a 1.28M-row pool is
-never loaded whole: uncertainty strategies score chunk by chunk (`queries.select_with_proxy`),
+never loaded whole: uncertainty strategies score chunk by chunk (`asvp.steps.select.select_proxy`),
 diversity strategies read the hidden embeddings from memory-mapped files (`write_proxy_outputs`).
 """
 

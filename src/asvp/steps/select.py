@@ -115,7 +115,8 @@ def train_proxy(config: dict[str, Any], features: str, labelled: str, seed: int,
     """Train a fresh MLP proxy on the labelled samples' features; write its weights as arrays
     (proxy.npz), which the scoring step reads without torch.
 
-    The features file's attributes are checked first against what the config implies."""
+    The features file's attributes are checked first against what the config's data and
+    backbone sections imply, when it has them."""
     from asvp import features as feature_store
     from asvp.proxy import ProxyRecipe, save_weights
     from asvp.proxy import train_proxy as fit_proxy
@@ -124,7 +125,7 @@ def train_proxy(config: dict[str, Any], features: str, labelled: str, seed: int,
     attrs = feature_store.read_attrs(features)
     num_classes = int(attrs["num_classes"])
     with feature_store.open_features(features) as handle:
-        feature_store.check_identity(handle, features_identity(config))
+        feature_store.check_identity(handle, features_identity(config) if {"data", "backbone"} <= config.keys() else {})
         pool_size = handle["pool/labels"].shape[0]
         table = read_labelled(labelled, pool_size, num_classes)
         rows = table["pool_index"].to_numpy()
