@@ -112,3 +112,71 @@ def refresh_requested(input):
         return plan.decision_refreshes(input.decision)
     except (OSError, KeyError, ValueError):
         return True
+
+
+# --- input functions and optional steps of the rule files ---
+
+
+def initial_inputs(wildcards):
+    """Round 0's selection: a strategy with a cold start also reads the pre-trained features."""
+    inputs = {"pool": rules.define_pool.output.pool, "dataset": rules.define_pool.output.info}
+    if plan.cold_start(wildcards.strategy):
+        inputs["features"] = rules.extract_pretrained.output[0]
+    return inputs
+
+
+def label_step(wildcards, input, output, threads):
+    """A selection job's last step with the simulated oracle: label the batch just selected."""
+    if HUMAN_ORACLE:
+        return ""
+    logs = selection_logs(os.path.dirname(output.selected))
+    grow = f"--previous {input.labelled} " if "labelled" in input.keys() and int(wildcards.get("r", 0)) > 0 else ""
+    return (f" && asvp --log {logs['job']} --timing {logs['timing']} --same-job label --selected {output.selected} "
+            f"--pool {input.pool} --dataset-json {input.dataset} {grow}--round {int(wildcards.get('r', 0))} "
+            f"--out {output.labelled}")
+
+
+def decide_step(wildcards, input, output, threads):
+    """The deciding methods' last step of a proxy round: the refresh decision on the new labels."""
+    logs = selection_logs(os.path.dirname(output.selected))
+    return (f" && asvp --log {logs['job']} --timing {logs['timing']} --same-job --threads {threads} decide "
+            f"--config-json {params('decision')} --method {wildcards.method} --features {input.features} "
+            f"--labelled {output.labelled} --previous {input.previous_decision} --seed {wildcards.seed} "
+            f"--round {wildcards.r} --out {output.decision}")
+
+
+def request_inputs(wildcards):
+    """The selection to show, and the proxy that made it (its predicted class is the hint)."""
+    inputs = {"selected": round_file(wildcards, "selected.csv"), "pool": rules.define_pool.output.pool,
+              "dataset": rules.define_pool.output.info}
+    if methods.method(wildcards.method).selection == "proxy" and int(wildcards.r) > 0:
+        inputs["weights"] = round_file(wildcards, "proxy.npz")
+        inputs["features"] = features_in_use(wildcards)
+    return inputs
+
+
+def label_inputs(wildcards):
+    """A person's answers for a round, with what they answer (to_label.csv) and the labels so far."""
+    inputs = {"selected": round_file(wildcards, "selected.csv"), "pool": rules.define_pool.output.pool,
+              "dataset": rules.define_pool.output.info, "request": round_file(wildcards, "to_label.csv"),
+              "answers": answers_of(wildcards)}
+    if int(wildcards.r) > 0 and not methods.method(wildcards.method).single_shot:
+        inputs["previous"] = previous(wildcards, "labelled.csv")
+    return inputs
+
+
+def decide_inputs(wildcards):
+    inputs = {"features": features_in_use(wildcards), "labelled": round_file(wildcards, "labelled.csv")}
+    if int(wildcards.r) > 0:
+        inputs["previous"] = previous(wildcards, "decision.json")
+    return inputs
+
+
+def evaluate_inputs(wildcards):
+    inputs = {"pool": rules.define_pool.output.pool, "test": rules.define_pool.output.test,
+              "labelled": round_file(wildcards, "labelled.csv")}
+    if methods.method(wildcards.method).decides:
+        inputs["decision"] = round_file(wildcards, "decision.json")  # LP-FT or FT, decided per round
+        # After a refresh's fine-tune (same labels, FT) the evaluation reuses it: wait for it.
+        inputs["features"] = round_file(wildcards, "features.h5")
+    return inputs

@@ -5,13 +5,6 @@
 # simulated oracle, rounds after 0 decide inside their selection job (select_proxy_decide).
 
 
-def decide_inputs(wildcards):
-    inputs = {"features": features_in_use(wildcards), "labelled": round_file(wildcards, "labelled.csv")}
-    if int(wildcards.r) > 0:
-        inputs["previous"] = previous(wildcards, "decision.json")
-    return inputs
-
-
 rule decide:
     wildcard_constraints:
         method=one_of(DECIDING),

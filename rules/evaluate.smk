@@ -6,25 +6,6 @@
 # checkpoint and resume.
 
 
-def evaluate_inputs(wildcards):
-    inputs = {
-        "pool": rules.define_pool.output.pool,
-        "test": rules.define_pool.output.test,
-        "labelled": round_file(wildcards, "labelled.csv"),
-    }
-    if methods.method(wildcards.method).decides:
-        inputs["decision"] = round_file(wildcards, "decision.json")  # LP-FT or FT, decided per round
-        # After a refresh's fine-tune (same labels, FT) the evaluation reuses it: wait for it.
-        inputs["features"] = round_file(wildcards, "features.h5")
-    return inputs
-
-
-def finetune_params(wildcards):
-    """Config sections a fine-tune depends on (LP-FT adds its own)."""
-    extra = ["lpft"] if methods.method(wildcards.method).final_recipe != "ft" else []
-    return params("data", "backbone", "finetune", "evaluation", "device", *extra)
-
-
 # One definition, two rules: standard AL's fine-tune also writes the model its next round
 # selects with (a rule's outputs cannot depend on its wildcards).
 for KEEPS_MODEL in (False, True):
@@ -45,7 +26,7 @@ for KEEPS_MODEL in (False, True):
             recipe=lambda w: methods.training_recipe(w.method),
             decision=lambda w, input: f"--decision {input.decision}" if "decision" in input.keys() else "",
             model_out=lambda w, output: f"--model-out {output.model}" if "model" in output.keys() else "",
-            cfg=finetune_params,
+            cfg=lambda w: params(*plan.finetune_sections(w.method)),
             cache=FINETUNES,
             share=lambda w: "--share-model" if int(w.r) == 0 and PLAN.shares_round0_model() else "",
         threads: JOB_THREADS

@@ -6,33 +6,7 @@
 # request_labels and label are jobs of their own and the run waits for their answers.
 
 
-def label_step(previous=True, round_field="{wildcards.r}"):
-    """A selection job's last step: label the batch just selected (none with people)."""
-    if HUMAN_ORACLE:
-        return ""
-    grow = "--previous {input.labelled} " if previous else ""
-    return (
-        " && asvp --log {log.job} --timing {log.timing} --same-job label --selected {output.selected} "
-        f"--pool {{input.pool}} --dataset-json {{input.dataset}} {grow}--round {round_field} --out {{output.labelled}}"
-    )
-
-
-QUERY = (  # the Query every selection step takes (asvp.steps.select.Query)
-    "--strategy {wildcards.strategy} --budget {params.budget} --seed {wildcards.seed} --round {wildcards.r} "
-    "--pool {input.pool} --selected-out {output.selected} --scores-out {output.scores}"
-)
-LATER = r"(?!000)\d{3}"
-
-
-def cold_start(wildcards):
-    return STRATEGIES[wildcards.strategy].cold_start
-
-
-def initial_inputs(wildcards):
-    inputs = {"pool": rules.define_pool.output.pool, "dataset": rules.define_pool.output.info}
-    if cold_start(wildcards):
-        inputs["features"] = rules.extract_pretrained.output[0]
-    return inputs
+LATER = r"(?!000)\d{3}"  # the rounds after round 0
 
 
 rule select_initial:
@@ -48,21 +22,22 @@ rule select_initial:
         budget=BUDGETS[0],
         cfg=lambda w: plan.params_json(config, strategy=w.strategy),
         features=lambda w, input: f"--features {input.features}" if "features" in input.keys() else "",
-    threads: lambda w: JOB_THREADS if cold_start(w) else 1
+        label=label_step,
+    # A cold start (ActiveFT) computes on the features; a random draw only moves small files.
+    threads: lambda w: JOB_THREADS if plan.cold_start(w.strategy) else 1
     resources:
-        gpu=lambda w: HEAVY.gpu if cold_start(w) else 0,
-        mem_mb=lambda w: HEAVY.mem_mb if cold_start(w) else SMALL.mem_mb,
-        runtime=lambda w: HEAVY.runtime if cold_start(w) else SMALL.runtime,
+        gpu=lambda w: HEAVY.gpu if plan.cold_start(w.strategy) else 0,
+        mem_mb=lambda w: HEAVY.mem_mb if plan.cold_start(w.strategy) else SMALL.mem_mb,
+        runtime=lambda w: HEAVY.runtime if plan.cold_start(w.strategy) else SMALL.runtime,
     priority: SELECTION_PRIORITY
     log:
         **selection_logs(f"{RUN}/round000", "select_initial"),
     conda:
         CONDA_ENV
     shell:
-        "asvp --log {log.job} --timing {log.timing} --threads {threads} select-initial "
-        + QUERY.replace("{wildcards.r}", "0")
-        + " {params.features} --config-json {params.cfg}"
-        + label_step(previous=False, round_field="0")
+        "asvp --log {log.job} --timing {log.timing} --threads {threads} select-initial --strategy {wildcards.strategy} "
+        "--budget {params.budget} --seed {wildcards.seed} --round 0 --pool {input.pool} --selected-out {output.selected} "
+        "--scores-out {output.scores} {params.features} --config-json {params.cfg}{params.label}"
 
 
 rule select_single_shot:
@@ -79,6 +54,7 @@ rule select_single_shot:
     params:
         budget=lambda w: PLAN.labels_after[int(w.r)],
         cfg=lambda w: plan.params_json(config, strategy=w.strategy),
+        label=label_step,
     threads: JOB_THREADS
     resources:
         gpu=HEAVY.gpu,
@@ -90,8 +66,10 @@ rule select_single_shot:
     conda:
         CONDA_ENV
     shell:
-        "asvp --log {log.job} --timing {log.timing} --threads {threads} select-single-shot " + QUERY
-        + " --features {input.features} --config-json {params.cfg}" + label_step(previous=False)
+        "asvp --log {log.job} --timing {log.timing} --threads {threads} select-single-shot "
+        "--strategy {wildcards.strategy} --budget {params.budget} --seed {wildcards.seed} --round {wildcards.r} "
+        "--pool {input.pool} --selected-out {output.selected} --scores-out {output.scores} "
+        "--features {input.features} --config-json {params.cfg}{params.label}"
 
 
 rule select_random:
@@ -108,6 +86,7 @@ rule select_random:
         **labelled_outputs(ROUND),
     params:
         budget=lambda w: BUDGETS[int(w.r)],
+        label=label_step,
     threads: 1
     resources:
         mem_mb=SMALL.mem_mb,
@@ -118,27 +97,10 @@ rule select_random:
     conda:
         CONDA_ENV
     shell:
-        "asvp --log {log.job} --timing {log.timing} select-random " + QUERY + " --labelled {input.labelled}"
-        + label_step()
-
-
-def proxy_round_methods(decides):
-    """The proxy methods whose rounds select_proxy(_decide) runs: with people labelling, the
-    decision is a job of its own (rules/decide.smk), so select_proxy runs them all."""
-    if HUMAN_ORACLE:
-        return () if decides else methods.names(lambda m: m.selection == "proxy")
-    return methods.names(lambda m: m.selection == "proxy" and m.decides == decides)
-
-
-def decide_step(wildcards, input, output, threads):
-    """The deciding methods' last step (a function: a rule body sees the loop's last value)."""
-    logs = selection_logs(os.path.dirname(output.selected))
-    return (
-        f" && asvp --log {logs['job']} --timing {logs['timing']} --same-job --threads {threads} decide "
-        f"--config-json {params('decision')} --method {wildcards.method} --features {input.features} "
-        f"--labelled {output.labelled} --previous {input.previous_decision} --seed {wildcards.seed} "
-        f"--round {wildcards.r} --out {output.decision}"
-    )
+        "asvp --log {log.job} --timing {log.timing} select-random "
+        "--strategy {wildcards.strategy} --budget {params.budget} --seed {wildcards.seed} --round {wildcards.r} "
+        "--pool {input.pool} --selected-out {output.selected} --scores-out {output.scores} "
+        "--labelled {input.labelled}{params.label}"
 
 
 # A proxy method's round: train the MLP proxy on the labelled samples' features (as they were
@@ -152,7 +114,7 @@ for DECIDES in (False, True):
         name:
             "select_proxy_decide" if DECIDES else "select_proxy"
         wildcard_constraints:
-            method=one_of(proxy_round_methods(DECIDES)),
+            method=one_of(plan.proxy_round_methods(DECIDES, HUMAN_ORACLE)),
             r=LATER,
         input:
             pool=rules.define_pool.output.pool,
@@ -171,6 +133,7 @@ for DECIDES in (False, True):
             # data and backbone: the features file's attributes are checked against them.
             proxy_cfg=params("proxy", "data", "backbone"),
             cfg=lambda w: plan.params_json(config, strategy=w.strategy),
+            label=label_step,
             decide=decide_step if DECIDES else "",
         threads: JOB_THREADS
         resources:
@@ -185,11 +148,11 @@ for DECIDES in (False, True):
             "asvp --log {log.job} --timing {log.timing} --threads {threads} train-proxy --config-json {params.proxy_cfg} "
             "--features {input.features} --labelled {input.labelled} --seed {wildcards.seed} --round {wildcards.r} "
             "--weights-out {output.weights}"
-            " && asvp --log {log.job} --timing {log.timing} --same-job --threads {threads} select-proxy " + QUERY
-            + " --labelled {input.labelled} --features {input.features} --proxy-weights {output.weights} "
-            "--config-json {params.cfg}"
-            + label_step()
-            + "{params.decide}"
+            " && asvp --log {log.job} --timing {log.timing} --same-job --threads {threads} select-proxy "
+            "--strategy {wildcards.strategy} --budget {params.budget} --seed {wildcards.seed} --round {wildcards.r} "
+            "--pool {input.pool} --selected-out {output.selected} --scores-out {output.scores} "
+            "--labelled {input.labelled} --features {input.features} --proxy-weights {output.weights} "
+            "--config-json {params.cfg}{params.label}{params.decide}"
 
 
 rule select_model:
@@ -209,6 +172,7 @@ rule select_model:
     params:
         budget=lambda w: BUDGETS[int(w.r)],
         cfg=lambda w: plan.params_json(config, "data", "evaluation", "device", strategy=w.strategy),
+        label=label_step,
     threads: JOB_THREADS
     resources:
         gpu=HEAVY.gpu,
@@ -220,18 +184,10 @@ rule select_model:
     conda:
         CONDA_ENV
     shell:
-        "asvp --log {log.job} --timing {log.timing} --threads {threads} select-model " + QUERY
-        + " --labelled {input.labelled} --model {input.model} --config-json {params.cfg}" + label_step()
-
-
-def request_inputs(wildcards):
-    """The selection to show, and the proxy that made it (its predicted class is the hint)."""
-    inputs = {"selected": round_file(wildcards, "selected.csv"), "pool": rules.define_pool.output.pool,
-              "dataset": rules.define_pool.output.info}
-    if methods.method(wildcards.method).selection == "proxy" and int(wildcards.r) > 0:
-        inputs["weights"] = round_file(wildcards, "proxy.npz")
-        inputs["features"] = features_in_use(wildcards)
-    return inputs
+        "asvp --log {log.job} --timing {log.timing} --threads {threads} select-model "
+        "--strategy {wildcards.strategy} --budget {params.budget} --seed {wildcards.seed} --round {wildcards.r} "
+        "--pool {input.pool} --selected-out {output.selected} --scores-out {output.scores} "
+        "--labelled {input.labelled} --model {input.model} --config-json {params.cfg}{params.label}"
 
 
 rule request_labels:
@@ -256,16 +212,6 @@ rule request_labels:
     shell:
         "asvp --log {log} request-labels --config-json {params.cfg} --selected {input.selected} --pool {input.pool} "
         "--dataset-json {input.dataset} {params.proxy} --out {output.request} --sheet {output.sheet}"
-
-
-def label_inputs(wildcards):
-    folder = PLAN.run_dir(wildcards.method, wildcards.strategy, wildcards.seed)
-    inputs = {"selected": round_file(wildcards, "selected.csv"), "pool": rules.define_pool.output.pool,
-              "dataset": rules.define_pool.output.info, "request": round_file(wildcards, "to_label.csv"),
-              "answers": answers_of(wildcards)}
-    if int(wildcards.r) > 0 and not methods.method(wildcards.method).single_shot:
-        inputs["previous"] = previous(wildcards, "labelled.csv")
-    return inputs
 
 
 rule label:

@@ -90,6 +90,26 @@ def job_threads(cores: Any, cluster: bool = False) -> int:
         return 2
 
 
+def cold_start(strategy: str) -> bool:
+    """Whether the strategy picks round 0 itself on the pre-trained features (else a random draw)."""
+    return STRATEGIES[strategy].cold_start
+
+
+def proxy_round_methods(decides: bool, human_oracle: bool) -> tuple[str, ...]:
+    """The proxy methods whose later rounds select_proxy (decides False) or select_proxy_decide
+    (True) runs: with people labelling, the decision is a job of its own, so select_proxy runs
+    them all."""
+    if human_oracle:
+        return () if decides else methods.names(lambda m: m.selection == "proxy")
+    return methods.names(lambda m: m.selection == "proxy" and m.decides == decides)
+
+
+def finetune_sections(method: str) -> tuple[str, ...]:
+    """Config sections a method's fine-tune depends on (LP-FT, possibly decided, adds its own)."""
+    extra = ("lpft",) if methods.method(method).final_recipe != "ft" else ()
+    return ("data", "backbone", "finetune", "evaluation", "device", *extra)
+
+
 def decision_refreshes(decision_json: str) -> bool:
     """Whether a round's decision.json says to refresh the features."""
     with open(decision_json) as handle:
