@@ -1,7 +1,7 @@
 # asvp-flow: aligned selection via proxy (Wen et al.), one static DAG of rounds.
 #
 # Reads like the paper's Figure 10. For each method (asvp.methods), strategy and seed:
-#   round 0    select_initial: a seeded random draw (ActiveFT: its cold start) -> label
+#   round 0    select_initial: a seeded random draw (ActiveFT: select_cold_start)       -> label
 #   round r>0  select_proxy   [svpp, asvp]  train the MLP proxy on round r-1's features, score -> label
 #              select_model   [standard]    score with round r-1's fine-tuned network            -> label
 #              select_random  [random]                                                          -> label
@@ -39,6 +39,7 @@ localrules:
     all,
     define_pool,
     effective_config,
+    select_initial,
     select_random,
     request_labels,
     label,

@@ -117,14 +117,6 @@ def refresh_requested(input):
 # --- input functions and optional steps of the rule files ---
 
 
-def initial_inputs(wildcards):
-    """Round 0's selection: a strategy with a cold start also reads the pre-trained features."""
-    inputs = {"pool": rules.define_pool.output.pool, "dataset": rules.define_pool.output.info}
-    if plan.cold_start(wildcards.strategy):
-        inputs["features"] = rules.extract_pretrained.output[0]
-    return inputs
-
-
 def label_step(wildcards, input, output, threads):
     """A selection job's last step with the simulated oracle: label the batch just selected."""
     if HUMAN_ORACLE:

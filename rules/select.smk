@@ -10,66 +10,75 @@ LATER = r"(?!000)\d{3}"  # the rounds after round 0
 
 
 rule select_initial:
+    # Round 0 of every strategy without a cold start of its own: a seeded random draw.
     wildcard_constraints:
         method=one_of(methods.names(lambda m: not m.single_shot)),
+        strategy=one_of([name for name, s in STRATEGIES.items() if not s.cold_start]),
     input:
-        unpack(initial_inputs),
+        pool=rules.define_pool.output.pool,
+        dataset=rules.define_pool.output.info,
     output:
         selected=f"{RUN}/round000/selected.csv",
         scores=f"{RUN}/round000/scores.npy",
         **labelled_outputs(f"{RUN}/round000"),
     params:
         budget=BUDGETS[0],
-        cfg=lambda w: plan.params_json(config, strategy=w.strategy),
-        features=lambda w, input: f"--features {input.features}" if "features" in input.keys() else "",
         label=label_step,
-    # A cold start (ActiveFT) computes on the features; a random draw only moves small files.
-    threads: lambda w: JOB_THREADS if plan.cold_start(w.strategy) else 1
+    threads: 1
     resources:
-        gpu=lambda w: HEAVY.gpu if plan.cold_start(w.strategy) else 0,
-        mem_mb=lambda w: HEAVY.mem_mb if plan.cold_start(w.strategy) else SMALL.mem_mb,
-        runtime=lambda w: HEAVY.runtime if plan.cold_start(w.strategy) else SMALL.runtime,
+        mem_mb=SMALL.mem_mb,
+        runtime=SMALL.runtime,
     priority: SELECTION_PRIORITY
     log:
         **selection_logs(f"{RUN}/round000", "select_initial"),
     conda:
         CONDA_ENV
     shell:
-        "asvp --log {log.job} --timing {log.timing} --threads {threads} select-initial --strategy {wildcards.strategy} "
+        "asvp --log {log.job} --timing {log.timing} select-initial --strategy {wildcards.strategy} "
         "--budget {params.budget} --seed {wildcards.seed} --round 0 --pool {input.pool} --selected-out {output.selected} "
-        "--scores-out {output.scores} {params.features} --config-json {params.cfg}{params.label}"
+        "--scores-out {output.scores}{params.label}"
 
 
-rule select_single_shot:
-    wildcard_constraints:
-        method=one_of(SINGLE_SHOT),
-    input:
-        pool=rules.define_pool.output.pool,
-        features=rules.extract_pretrained.output[0],
-        dataset=rules.define_pool.output.info,
-    output:
-        selected=f"{ROUND}/selected.csv",
-        scores=f"{ROUND}/scores.npy",
-        **labelled_outputs(ROUND),
-    params:
-        budget=lambda w: PLAN.labels_after[int(w.r)],
-        cfg=lambda w: plan.params_json(config, strategy=w.strategy),
-        label=label_step,
-    threads: JOB_THREADS
-    resources:
-        gpu=HEAVY.gpu,
-        mem_mb=HEAVY.mem_mb,
-        runtime=HEAVY.runtime,
-    priority: SELECTION_PRIORITY
-    log:
-        **selection_logs(ROUND),
-    conda:
-        CONDA_ENV
-    shell:
-        "asvp --log {log.job} --timing {log.timing} --threads {threads} select-single-shot "
-        "--strategy {wildcards.strategy} --budget {params.budget} --seed {wildcards.seed} --round {wildcards.r} "
-        "--pool {input.pool} --selected-out {output.selected} --scores-out {output.scores} "
-        "--features {input.features} --config-json {params.cfg}{params.label}"
+# A selection without labels on the pre-trained features: ActiveFT(pre)'s every evaluation point
+# (select_single_shot), and round 0 of a strategy with a cold start of its own, ActiveFT
+# (select_cold_start). One definition, two rules: which rounds each serves depends on two
+# wildcards at once, which a wildcard constraint cannot say.
+for COLD_START in (False, True):
+
+    rule:
+        name:
+            "select_cold_start" if COLD_START else "select_single_shot"
+        wildcard_constraints:
+            method=one_of(methods.names(lambda m: m.single_shot != COLD_START)),
+            strategy=one_of([name for name, s in STRATEGIES.items() if s.cold_start]) if COLD_START else r"[a-z_]+",
+            r="000" if COLD_START else r"\d{3}",
+        input:
+            pool=rules.define_pool.output.pool,
+            features=rules.extract_pretrained.output[0],
+            dataset=rules.define_pool.output.info,
+        output:
+            selected=f"{ROUND}/selected.csv",
+            scores=f"{ROUND}/scores.npy",
+            **labelled_outputs(ROUND),
+        params:
+            budget=lambda w: PLAN.labels_after[int(w.r)],
+            cfg=lambda w: plan.params_json(config, strategy=w.strategy),
+            label=label_step,
+        threads: JOB_THREADS
+        resources:
+            gpu=HEAVY.gpu,
+            mem_mb=HEAVY.mem_mb,
+            runtime=HEAVY.runtime,
+        priority: SELECTION_PRIORITY
+        log:
+            **selection_logs(ROUND),
+        conda:
+            CONDA_ENV
+        shell:
+            "asvp --log {log.job} --timing {log.timing} --threads {threads} select-single-shot "
+            "--strategy {wildcards.strategy} --budget {params.budget} --seed {wildcards.seed} --round {wildcards.r} "
+            "--pool {input.pool} --selected-out {output.selected} --scores-out {output.scores} "
+            "--features {input.features} --config-json {params.cfg}{params.label}"
 
 
 rule select_random:

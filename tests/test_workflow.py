@@ -162,7 +162,7 @@ def test_proxy_change_reruns_only_proxy_dependent_jobs(finished_run: Path, tmp_p
     assert all(int(w["r"]) >= 1 for _, w in per_round)
     rules = {rule for rule, _ in jobs}
     assert rules >= {"select_proxy", "select_proxy_decide"}  # each trains its proxy (then selects, labels)
-    assert not rules & {"define_pool", "extract_pretrained", "select_initial", "select_random", "select_standard"}
+    assert not rules & {"define_pool", "extract_pretrained", "select_initial", "select_random", "select_model"}
 
 
 def test_lpft_baseline_is_planned_with_its_own_recipe(finished_run: Path, tmp_path: Path) -> None:
@@ -173,7 +173,7 @@ def test_lpft_baseline_is_planned_with_its_own_recipe(finished_run: Path, tmp_pa
     jobs = planned_jobs(result.stdout)
     assert {w.get("method") for _, w in jobs if "method" in w} == {"standard_lpft"}  # nothing else reruns
     # Selection jobs label their batch themselves (simulated oracle).
-    assert {rule for rule, w in jobs if "method" in w} == {"select_initial", "finetune_standard", "select_standard"}
+    assert {rule for rule, w in jobs if "method" in w} == {"select_initial", "finetune_standard", "select_model"}
     assert "--recipe lpft" in result.stdout
 
 
@@ -218,11 +218,11 @@ def test_activeft_pre_plans_one_single_shot_per_evaluation_point(tmp_path: Path)
     result = snakemake(tmp_path, "-n", "-p", configfiles=(TINY, override))
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = planned_jobs(result.stdout)
-    selections = sorted(w["r"] for rule, w in jobs if rule == "select_pretrained")
+    selections = sorted(w["r"] for rule, w in jobs if rule == "select_single_shot")
     assert selections == ["000", "002"]  # no round in between: each point is its own selection
-    assert all(w["strategy"] == "activeft" for rule, w in jobs if rule == "select_pretrained")
+    assert all(w["strategy"] == "activeft" for rule, w in jobs if rule == "select_single_shot")
     assert not [rule for rule, _ in jobs if rule in ("select_initial", "select_proxy", "select_proxy_decide")]
-    assert re.search(r"select-single-shot --budget 60 .*--round 002", result.stdout)
+    assert re.search(r"select-single-shot .*--budget 60 .*--round 002", result.stdout)
 
 
 def test_threshold_zero_never_refreshes_and_trains_lpft(

@@ -65,14 +65,11 @@ def _pool_state(query: Query) -> tuple[Any, np.ndarray, np.ndarray]:
     return pool, labelled["pool_index"].to_numpy(), unlabelled_indices(len(pool), labelled)
 
 
-def select_initial(query: Query, features: str | None = None, config: dict[str, Any] | None = None) -> None:
-    """Round 0: a seeded uniform draw (every strategy starts from random labels, as in the paper),
-    unless the strategy has a cold start of its own (ActiveFT: needs `features`)."""
+def select_initial(query: Query) -> None:
+    """Round 0: a seeded uniform draw (every strategy starts from random labels, as in the
+    paper), unless the strategy has a cold start of its own (select_single_shot runs that)."""
     if get_strategy(query.strategy).cold_start:
-        if features is None:
-            raise ValueError(f"strategy {query.strategy} starts on the pre-trained features: pass them")
-        select_single_shot(query, features, config)
-        return
+        raise ValueError(f"strategy {query.strategy} starts on the pre-trained features: run select-single-shot")
     pool = read_split_table(query.pool)
     if query.budget > len(pool):
         raise ConfigError(f"schedule.budgets[0] = {query.budget} exceeds the pool of {len(pool)} images; lower it")
