@@ -120,9 +120,11 @@ def _proxy_weights(path: Path) -> None:
 
 
 @pytest.mark.parametrize("strategy", ["margin", "coreset", "badge", "activeft"])
-def test_proxy_selection_streams_the_pool_and_equals_the_in_memory_selection(run_files: Path, strategy: str) -> None:
+def test_proxy_selection_streams_the_pool_and_equals_the_in_memory_selection(run_files: Path, strategy: str,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The select job's streamed scoring (chunks of 7 rows, embeddings through .npy memory maps)
     picks exactly what the strategy picks on the whole pool's proxy outputs held in memory."""
+    monkeypatch.setattr("asvp.proxy_scoring.INFERENCE_BATCH_SIZE", 7)
     from asvp.features import load_rows
     from asvp.pool import read_labelled, unlabelled_indices
     from asvp.proxy_scoring import load_weights, proxy_chunks
@@ -135,7 +137,7 @@ def test_proxy_selection_streams_the_pool_and_equals_the_in_memory_selection(run
     out = run_files / "r1"
     select_with_proxy(strategy, 10, 0, 1, run_files / "pool.csv", run_files / "r0" / "labelled.csv", run_files / "features.h5",
                       run_files / "proxy.npz", out / "selected.csv", out / "scores.npy",
-                          {"proxy": {"inference_batch_size": 7}})
+                          {})
     streamed = pd.read_csv(out / "selected.csv")["pool_index"].to_numpy()
     assert not list(out.glob("proxy_*.npy"))  # the embeddings files are gone once selected.csv exists
 

@@ -32,16 +32,16 @@ from asvp import features as feature_store
 from asvp.atomic import read_json, write_json
 from asvp.errors import DataError
 from asvp.logme import logme
-from asvp.ped import ped
+from asvp.ped import CONVERGED_STEPS, EXIT_RATIO, MAX_STEPS, NSIGMA, REFERENCE_ROWS, STEP, ped
 from asvp.pool import read_labelled, unlabelled_indices
 
 # The paper's Table 3 ablations as methods of their own, so one experiment runs all three:
 # "features only" refreshes the features but always trains the final model with FT; "training
 # only" keeps the pre-trained features (it selects as SVPp does) and switches LP-FT -> FT.
 ABLATION_SWITCHES: dict[str, dict[str, bool]] = {
-    "asvp": {},
-    "asvp_features_only": {"training_alignment": False},
-    "asvp_training_only": {"feature_alignment": False},
+    "asvp": {"feature_alignment": True, "training_alignment": True},
+    "asvp_features_only": {"feature_alignment": True, "training_alignment": False},
+    "asvp_training_only": {"feature_alignment": False, "training_alignment": True},
 }
 
 
@@ -64,7 +64,8 @@ def decide_round(
     labelled_features: (N, D) float features of L_t; labels: (N,) int; reference: (M, D) float
     unlabelled-pool features; previous: the previous round's decision record (None in round 0).
     """
-    ped_settings = settings["ped"]
+    ped_settings = {"step": STEP, "nsigma": NSIGMA, "exit_ratio": EXIT_RATIO, "max_steps": MAX_STEPS,
+                    "converged_steps": CONVERGED_STEPS, "reference_rows": REFERENCE_ROWS}
     triggers_before = previous["triggers"] if previous else 0
     version = previous["next_feature_version"] if previous else 0
     record: dict[str, Any] = {
@@ -73,8 +74,8 @@ def decide_round(
         "threshold": settings["threshold"],
         "logme_variant": settings["logme_variant"],
         "max_refreshes": settings["max_refreshes"],
-        "feature_alignment": settings["feature_alignment"],
-        "training_alignment": settings["training_alignment"],
+        "feature_alignment": settings.get("feature_alignment", True),
+        "training_alignment": settings.get("training_alignment", True),
         "ped_settings": dict(ped_settings),
         "triggers_before": triggers_before,
     }
@@ -149,7 +150,7 @@ def decide(
         feature_store.check_sample_ids(handle, rows, labelled["sample_id"].tolist(), labelled_csv)
     x, _ = feature_store.load_rows(features_path, "pool", rows)
     unlabelled = unlabelled_indices(pool_size, labelled)
-    cap = settings["ped"]["reference_rows"]
+    cap = REFERENCE_ROWS
     if len(unlabelled) > cap:
         unlabelled = np.sort(np.random.default_rng([seed, round_index, 7]).choice(unlabelled, cap, replace=False))
     reference, _ = feature_store.load_rows(features_path, "pool", unlabelled if len(unlabelled) else rows)

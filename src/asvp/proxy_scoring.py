@@ -19,6 +19,7 @@ import numpy as np
 
 from asvp.errors import DataError
 
+INFERENCE_BATCH_SIZE = 16384  # feature rows per proxy forward pass when scoring the pool (paper appendix A)
 BATCHNORM_EPS = 1e-5  # torch.nn.BatchNorm1d's default, with which the proxy is trained
 
 

@@ -97,14 +97,14 @@ def select_with_proxy(
     removed once the selection is written.
     """
     from asvp import features as feature_store
-    from asvp.proxy_scoring import load_weights, proxy_chunks, write_proxy_outputs
+    from asvp.proxy_scoring import INFERENCE_BATCH_SIZE, load_weights, proxy_chunks, write_proxy_outputs
 
     pool = read_split_table(pool_csv)
     labelled = read_labelled(labelled_csv, len(pool))
     labelled_rows = labelled["pool_index"].to_numpy()
     unlabelled = unlabelled_indices(len(pool), labelled)
     strategy = strategy_from_config(strategy_name, config)
-    batch_size = (config or {}).get("proxy", {}).get("inference_batch_size", 16384)
+    batch_size = INFERENCE_BATCH_SIZE
     weights = load_weights(weights_path)
     rng = round_rng(seed, round_index)
     check_budget(PoolState(unlabelled=unlabelled, labelled=labelled_rows), budget)

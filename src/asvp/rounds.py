@@ -25,7 +25,8 @@ from asvp.pool import read_labelled, read_split_table, split_table, subset_indic
 from asvp.queries import apply_strategy
 from asvp.proxy import ProxyRecipe, load_proxy, proxy_outputs, save_proxy, save_weights, train_proxy
 from asvp.strategies import get_strategy
-from asvp.training import classifier_from, predict
+from asvp.proxy_scoring import INFERENCE_BATCH_SIZE
+from asvp.training import PREDICT_BATCH_SIZE, classifier_from, predict
 
 
 def resolve_device(name: str) -> torch.device:
@@ -111,7 +112,7 @@ def class_names(source: Any) -> list[str]:
 def _pretrained_backbone(config: dict[str, Any]) -> tuple[torch.nn.Module, Path | None]:
     bb = config["backbone"]
     checkpoint = resolve_checkpoint(bb["checkpoint"])
-    return build_backbone(bb["arch"], checkpoint, prefix=bb["prefix"], sha256_prefix=bb["sha256_prefix"]), checkpoint
+    return build_backbone(bb["arch"], checkpoint, prefix=bb["prefix"]), checkpoint
 
 
 def _dataset(config: dict[str, Any], split: str, source_indices: np.ndarray, train_mode: bool) -> ImageDataset:
@@ -167,7 +168,7 @@ def extract(
         attrs=attrs,
         dtype=config["features"]["dtype"],
         batch_size=config["features"]["batch_size"],
-        chunk_rows=config["features"]["chunk_rows"],
+        chunk_rows=extraction.CHUNK_ROWS,
         num_workers=data["num_workers"],
         device=resolve_device(config["device"]),
         crash_name="extract_chunk" if model_path is None else "refresh_chunk",
@@ -236,7 +237,7 @@ def select_round(
         want_embeddings = "embeddings" in strategy.needs
         if proxy_path is not None and features_path is not None:
             proxy = load_proxy(proxy_path)
-            batch = (config or {}).get("proxy", {}).get("inference_batch_size", 16384)
+            batch = INFERENCE_BATCH_SIZE
             with feature_store.open_features(features_path) as handle:
                 outputs["probabilities"], outputs["embeddings"] = proxy_outputs(
                     proxy, handle["pool/features"], unlabelled, batch, want_embeddings=want_embeddings)
@@ -252,7 +253,7 @@ def select_round(
                     continue
                 dataset = _dataset(config, "pool", pool["source_index"].to_numpy()[rows], train_mode=False)
                 probabilities, embeddings = predict(
-                    model, dataset, batch_size=config["evaluation"]["batch_size"], device=resolve_device(config["device"]),
+                    model, dataset, batch_size=PREDICT_BATCH_SIZE, device=resolve_device(config["device"]),
                     num_workers=config["data"]["num_workers"],
                 )
                 if key == "probabilities":
