@@ -135,13 +135,19 @@ def test_budgets_summing_above_the_pool_subset_raise() -> None:
         ({"finetune": {"epochs": 10, "milestones": [10]}}, "finetune.milestones"),
         # LP-FT's probe takes the first lp_epochs of finetune.epochs: it must leave FT epochs, and no
         # milestone may fall inside it
-        ({"finetune": {"epochs": 10, "milestones": []}, "lpft": {"lp_epochs": 10}}, "lpft.lp_epochs"),
-        ({"finetune": {"epochs": 10, "milestones": [2, 8]}, "lpft": {"lp_epochs": 3}}, "finetune.milestones"),
+        ({"methods": ["asvp"], "finetune": {"epochs": 10, "milestones": []}, "lpft": {"lp_epochs": 10}}, "lpft.lp_epochs"),
+        ({"methods": ["standard_lpft"], "finetune": {"epochs": 10, "milestones": [2, 8]}, "lpft": {"lp_epochs": 3}},
+         "finetune.milestones"),
     ],
 )
 def test_milestones_beyond_the_epochs_or_inside_the_probe_raise(sections: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate_config({"experiment": "unit", **sections})
+
+
+def test_a_short_ft_schedule_is_accepted_when_no_method_trains_with_lp_ft() -> None:
+    config = validate_config({"experiment": "unit", "methods": ["random", "svpp"], "finetune": {"epochs": 2, "milestones": []}})
+    assert config["finetune"]["epochs"] == 2 and config["lpft"]["lp_epochs"] == 3
 
 
 def test_milestones_within_the_epochs_are_accepted() -> None:

@@ -139,6 +139,10 @@ def validate_config(
     return filled
 
 
+# Methods that train a model with LP-FT (ASVP until its rule first triggers, decision.py).
+LPFT_METHODS = frozenset({"standard_lpft", "asvp", "asvp_training_only"})
+
+
 def _check_consistency(config: dict[str, Any], source: str) -> None:
     """Cross-key checks a JSON schema cannot express."""
     data = config["data"]
@@ -174,6 +178,8 @@ def _check_consistency(config: dict[str, Any], source: str) -> None:
             "never take effect (milestone m lowers the lr from epoch m + 1). Remove them or raise the epochs."
         )
     # LP-FT is the FT schedule whose first lp_epochs epochs train the head alone (the probe).
+    if not LPFT_METHODS & set(config["methods"]):
+        return
     if lp_epochs >= epochs:
         raise ConfigError(
             f"{source}: lpft.lp_epochs is {lp_epochs}, not below finetune.epochs ({epochs}): LP-FT's FT stage "

@@ -29,7 +29,7 @@ from asvp import distributed
 from asvp.atomic import atomic_path
 from asvp.batching import batch_positions, epoch_seed, iterate_batches, recalibrate_batchnorm
 from asvp.crash import crash_point
-from asvp.errors import DataError
+from asvp.errors import ConfigError, DataError
 from asvp.precision import autocast_dtype, inference_autocast
 from asvp.probe import fit_linear_probe
 
@@ -112,7 +112,10 @@ def recipe_from_config(kind: str, config: dict[str, Any]) -> TrainRecipe:
     if kind == "lpft":
         lp = config["lpft"]
         lp_epochs = lp["lp_epochs"]
-        ft_epochs = epochs - lp_epochs  # config validation keeps it >= 1 and the milestones beyond the probe
+        ft_epochs = epochs - lp_epochs  # validation checks it for configs whose methods use LP-FT
+        if ft_epochs < 1:
+            raise ConfigError(f"lpft.lp_epochs ({lp_epochs}) leaves no FT epochs of finetune.epochs ({epochs}); "
+                              "lower lpft.lp_epochs or raise finetune.epochs")
         stages = (
             Stage("lp", lp_epochs, None, lp["lp_lr"], lp["lp_weight_decay"], "lbfgs" if lp["lp_solver"] == "lbfgs" else "cosine",
                   (), math.ceil(floor_per_epoch * lp_epochs)),
