@@ -5,7 +5,10 @@ the workflow's own fine-tune (`asvp.evaluation.finetune_and_evaluate`, the one t
 with config overrides, so a recipe can be checked at one labelled-set size in a minute or two.
 
   python benchmarks/finetune_check.py 400 ft '{"finetune": {"batch_size": 100}}'
-  python benchmarks/finetune_check.py 100 lpft '{"_seed": 2, "lpft": {"ft_min_steps": 40}}'
+  python benchmarks/finetune_check.py 100 lpft '{"_seed": 2, "lpft": {"lp_epochs": 2}}'
+
+benchmarks/convergence.py runs the schema's default recipes over architectures, weights and
+labelled-set sizes.
 
 Arguments: labelled images, recipe (ft | lpft), JSON overrides of config sections ("_seed"
 picks the subset and training seed), optional torch threads (default 2).

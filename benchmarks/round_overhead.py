@@ -69,7 +69,7 @@ def write_config(folder: Path, method: str, rounds: int, budget: int, pool: int)
         # A threshold far above any score: ASVP refreshes whenever its rule may (decision.json
         # says when), so the chain includes real refreshes, not only pass-throughs.
         "decision: {threshold: 1000000.0}\n"
-        "finetune: {epochs: 3, milestones: []}\nlpft: {lp_epochs: 1, ft_epochs: 2}\n"
+        "finetune: {epochs: 3, milestones: [], min_steps: 0}\nlpft: {lp_epochs: 1}\n"
     )
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{method}.yaml"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -41,7 +42,7 @@ from asvp.atomic import write_csv
 from asvp.backbones import build_backbone, resolve_checkpoint
 from asvp.config import load_config, validate_config
 from asvp.data import ImageDataset, build_transform, make_dataset, open_source
-from asvp.extraction import SplitInput, extract_features
+from asvp.extraction import CHUNK_ROWS, SplitInput, extract_features
 from asvp.features import load_rows
 from asvp.pool import LABELLED_COLUMNS, split_table
 from asvp.proxy import ProxyRecipe, save_weights, train_proxy
@@ -65,7 +66,7 @@ def best_seconds(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, 
 
 def backbone(config: dict) -> torch.nn.Module:
     bb = config["backbone"]
-    return build_backbone(bb["arch"], resolve_checkpoint(bb["checkpoint"]), prefix=bb["prefix"], sha256_prefix=bb["sha256_prefix"])
+    return build_backbone(bb["arch"], resolve_checkpoint(bb["checkpoint"]), prefix=bb["prefix"])
 
 
 # ------------------------------------------------------------------------------- 1. extraction
@@ -102,7 +103,7 @@ def bench_extraction(config: dict, n_images: int, repeats: int) -> Results:
             with tempfile.TemporaryDirectory() as tmp:
                 split = SplitInput(ds, source.labels[indices], ids)
                 extract_features(model, {"pool": split, "test": split}, Path(tmp) / "f.h5", attrs={"bench": 1},
-                                 batch_size=batch, chunk_rows=config["features"]["chunk_rows"])
+                                 batch_size=batch, chunk_rows=CHUNK_ROWS)
         return run
 
     bare()  # warm-up: oneDNN primitives for these shapes
@@ -126,11 +127,9 @@ def one_epoch_recipe(config: dict) -> Any:
     """The default FT recipe cut to one plain epoch: no step floor, warm-up, milestones or BN pass."""
     raw = copy.deepcopy(config)
     ft = raw["finetune"]
-    ft.update(epochs=1, milestones=[], recalibrate_bn=False)
-    for key in ("min_steps", "warmup_steps"):
-        if key in ft:
-            ft[key] = 0
-    return recipe_from_config("ft", validate_config(raw, source="benchmark override"))
+    ft.update(epochs=1, milestones=[], min_steps=0, warmup_steps=0)
+    recipe = recipe_from_config("ft", validate_config(raw, source="benchmark override"))
+    return dataclasses.replace(recipe, recalibrate_bn=False)
 
 
 def bench_finetune_epoch(config: dict, n_images: int, repeats: int) -> Results:
@@ -189,7 +188,7 @@ def write_round_files(config: dict, folder: Path, n_pool: int, n_labelled: int) 
         if name == "pool":
             write_csv(folder / "pool.csv", split_table(idx, splits[name].sample_ids, source.labels[idx]))
     extract_features(backbone(config), splits, folder / "features.h5", attrs={"num_classes": source.num_classes},
-                     batch_size=config["features"]["batch_size"], chunk_rows=config["features"]["chunk_rows"])
+                     batch_size=config["features"]["batch_size"], chunk_rows=CHUNK_ROWS)
     rows = np.sort(np.random.default_rng(0).choice(n_pool, n_labelled, replace=False))
     labelled = pd.DataFrame({"pool_index": rows, "sample_id": [source.sample_id(i) for i in rows],
                              "label": source.labels[rows], "round": 0})[LABELLED_COLUMNS]

@@ -138,6 +138,7 @@ def test_proxy_selection_streams_the_pool_and_equals_the_in_memory_selection(run
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """The select job's streamed scoring (chunks of 7 rows, embeddings through .npy memory maps)
     picks exactly what the strategy picks on the whole pool's proxy outputs held in memory."""
+    monkeypatch.setattr("asvp.proxy_scoring.INFERENCE_BATCH_SIZE", 7)
     from asvp.features import load_rows
     from asvp.pool import read_labelled, unlabelled_indices
     from asvp.proxy_scoring import load_weights, proxy_chunks
@@ -151,7 +152,6 @@ def test_proxy_selection_streams_the_pool_and_equals_the_in_memory_selection(run
     label_round(run_files / "r0" / "selected.csv", run_files / "pool.csv", None, 0, run_files / "r0" / "labelled.csv")
     _proxy_weights(run_files / "proxy.npz")
     out = run_files / "r1"
-    monkeypatch.setattr(steps, "PROXY_INFERENCE_BATCH", 7)
     steps.select_proxy(Query(strategy, 10, 0, 1, str(run_files / "pool.csv"), str(run_files / "r0" / "labelled.csv"),
                              str(out / "selected.csv"), str(out / "scores.npy")),
                        str(run_files / "features.h5"), str(run_files / "proxy.npz"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from asvp.config import load_config, validate_config
+from asvp.config import REMOVED_KEYS, SCHEMA_PATH, load_config, validate_config
 from asvp.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,11 +39,10 @@ def test_defaults_are_filled_for_absent_sections_and_keys() -> None:
     config = validate_config({"experiment": "unit", "proxy": {"epochs": 3}})
     assert config["proxy"]["epochs"] == 3
     assert config["proxy"]["lr"] == 0.01  # paper appendix A, not the scripts' 0.1
-    assert config["proxy"]["nesterov"] is True
     assert config["proxy"]["batch_size"] == 2048
     # whole sections absent from the input come back complete, nested ones included
     assert config["finetune"]["milestones"] == [20, 25]
-    assert config["decision"]["ped"]["nsigma"] == 0.6
+    assert config["strategy_options"]["badge"]["candidates"] is None
     assert config["data"]["dataset"] == "fashion_mnist"
     assert config["seeds"] == [0]
 
@@ -129,18 +128,26 @@ def test_budgets_summing_above_the_pool_subset_raise() -> None:
 
 
 @pytest.mark.parametrize(
-    ("section", "values", "key"),
+    ("sections", "key"),
     [
-        ("finetune", {"epochs": 10, "milestones": [5, 12]}, "finetune.milestones"),
-        ("lpft", {"ft_epochs": 4, "milestones": [6]}, "lpft.milestones"),
+        ({"finetune": {"epochs": 10, "milestones": [5, 12]}}, "finetune.milestones"),
         # the lr steps after each epoch, so a milestone at the last epoch never affects training either
-        ("finetune", {"epochs": 10, "milestones": [10]}, "finetune.milestones"),
-        ("lpft", {"ft_epochs": 4, "milestones": [2, 4]}, "lpft.milestones"),
+        ({"finetune": {"epochs": 10, "milestones": [10]}}, "finetune.milestones"),
+        # LP-FT's probe takes the first lp_epochs of finetune.epochs: it must leave FT epochs, and no
+        # milestone may fall inside it
+        ({"methods": ["asvp"], "finetune": {"epochs": 10, "milestones": []}, "lpft": {"lp_epochs": 10}}, "lpft.lp_epochs"),
+        ({"methods": ["standard_lpft"], "finetune": {"epochs": 10, "milestones": [2, 8]}, "lpft": {"lp_epochs": 3}},
+         "finetune.milestones"),
     ],
 )
-def test_milestones_beyond_the_epochs_raise(section: str, values: dict, key: str) -> None:
+def test_milestones_beyond_the_epochs_or_inside_the_probe_raise(sections: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        validate_config({"experiment": "unit", section: values})
+        validate_config({"experiment": "unit", **sections})
+
+
+def test_a_short_ft_schedule_is_accepted_when_no_method_trains_with_lp_ft() -> None:
+    config = validate_config({"experiment": "unit", "methods": ["random", "svpp"], "finetune": {"epochs": 2, "milestones": []}})
+    assert config["finetune"]["epochs"] == 2 and config["lpft"]["lp_epochs"] == 3
 
 
 def test_milestones_within_the_epochs_are_accepted() -> None:
@@ -190,11 +197,64 @@ def test_load_config_reports_errors_with_the_file_name(tmp_path: Path) -> None:
 
 def test_strategy_options_are_filled_typed_and_checked_against_the_budgets() -> None:
     config = validate_config({"experiment": "unit"})
-    assert config["strategy_options"]["activeft"] == {"iterations": 100, "batch_size": 20000, "tau": 0.07, "lr": 0.001,
-                                                      "balance": 1.0}
-    assert config["strategy_options"]["badge"] == {"candidates": None, "projection_dim": None}
-    with pytest.raises(ConfigError, match="strategy_options.activeft"):
-        validate_config({"experiment": "unit", "strategy_options": {"activeft": {"iters": 5}}})
+    assert config["strategy_options"] == {"badge": {"candidates": None, "projection_dim": None}}
+    with pytest.raises(ConfigError, match="strategy_options.badge.cands"):
+        validate_config({"experiment": "unit", "strategy_options": {"badge": {"cands": 5}}})
     with pytest.raises(ConfigError, match="candidates is 50, fewer than the largest round budget"):
         validate_config({"experiment": "unit", "strategies": ["badge"], "schedule": {"budgets": [100, 100]},
                          "strategy_options": {"badge": {"candidates": 50}}})
+
+
+@pytest.mark.parametrize("key", sorted(REMOVED_KEYS))
+def test_a_removed_key_names_itself_and_where_its_setting_went(key: str) -> None:
+    *sections, name = key.split(".")
+    raw: dict = {"experiment": "unit"}
+    inner = raw
+    for section in sections:
+        inner = inner.setdefault(section, {})
+    inner[name] = {} if key in ("decision.ped", "strategy_options.activeft") else 1
+    with pytest.raises(ConfigError) as info:
+        validate_config(raw)
+    message = str(info.value)
+    assert f"'{key}' was removed" in message and REMOVED_KEYS[key] in message and "Remove the key" in message
+
+
+def _schema_defaults(schema: dict, prefix: str = "") -> dict:
+    """{dotted leaf key: default} of every schema key that has one."""
+    found = {}
+    for name, sub in schema.get("properties", {}).items():
+        if sub.get("type") == "object" and "properties" in sub:
+            found.update(_schema_defaults(sub, f"{prefix}{name}."))
+        elif "default" in sub:
+            found[f"{prefix}{name}"] = sub["default"]
+    return found
+
+
+def _leaves(config: dict, prefix: str = "") -> dict:
+    found = {}
+    for name, value in config.items():
+        if isinstance(value, dict):
+            found.update(_leaves(value, f"{prefix}{name}."))
+        else:
+            found[f"{prefix}{name}"] = value
+    return found
+
+
+def test_no_removed_key_is_still_in_the_schema() -> None:
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    keys = set(_schema_defaults(schema))
+    assert not [k for k in REMOVED_KEYS if k in keys or any(s.startswith(k + ".") for s in keys)]
+
+
+# The two keys a user replaces first, named in the default experiment although they equal the
+# schema's defaults (workflow_config.yaml says so beside each).
+SHOWN_FOR_THE_USER = {"data.dataset", "backbone.arch", "backbone.checkpoint"}
+
+
+def test_workflow_config_sets_only_what_the_default_experiment_changes() -> None:
+    """One set of defaults: the schema's. The default experiment does not restate them."""
+    defaults = _schema_defaults(yaml.safe_load(SCHEMA_PATH.read_text()))
+    raw = yaml.safe_load((REPO / "workflow_config.yaml").read_text())
+    restated = sorted(k for k, v in _leaves(raw).items() if k in defaults and defaults[k] == v and k not in SHOWN_FOR_THE_USER)
+    assert not restated, f"workflow_config.yaml restates the schema's defaults of {restated}: remove them"
+    assert not {"finetune", "lpft", "proxy"} & set(raw), "the recipes are the schema's, not the default experiment's"

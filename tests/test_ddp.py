@@ -346,7 +346,7 @@ def test_an_evaluate_job_given_two_gpus_fine_tunes_in_two_processes_to_the_one_p
     config = validate_config({
         "experiment": "unit", "device": "cpu",
         "data": {"dataset": "fashion_mnist", "pool_subset": 40, "test_subset": 20, "resolution": 32},
-        "finetune": {"epochs": 2, "batch_size": 8, "milestones": [], "lr_head": 0.01, "lr_backbone": 1e-5}, "schedule": {"budgets": [12]},
+        "finetune": {"epochs": 2, "batch_size": 8, "milestones": [], "lr_head": 0.01, "lr_backbone": 1e-5, "min_steps": 0}, "schedule": {"budgets": [12]},
     })
     data = tmp_path / "data"
     define_pool(config, data / "pool.csv", data / "test.csv", data / "dataset.json")

@@ -33,7 +33,8 @@ def test_the_ablations_switch_one_alignment_off() -> None:
     decision = validate_config({"experiment": "t"})["decision"]
     assert methods.decision_settings("asvp_features_only", decision)["training_alignment"] is False
     assert methods.decision_settings("asvp_training_only", decision)["feature_alignment"] is False
-    assert methods.decision_settings("asvp", decision) == decision
+    assert methods.decision_settings("asvp", decision) == {**decision, "feature_alignment": True,
+                                                           "training_alignment": True}
     with pytest.raises(ValueError, match="makes no refresh decisions"):
         methods.decision_settings("svpp", decision)
 
@@ -62,12 +63,14 @@ def test_every_registered_neutral_value_is_the_schemas_default() -> None:
 
 
 def test_planning_keys_and_other_strategies_options_stay_out_of_a_jobs_params() -> None:
-    config = validate_config({"experiment": "t", "evaluation": {"at": [100, 200]}, "strategies": ["margin", "activeft"]})
+    config = validate_config({"experiment": "t", "evaluation": {"at": [100, 200]},
+                              "strategies": ["margin", "badge", "activeft"]})
     assert "at" not in _excerpt(config, "evaluation")["evaluation"]
-    margin = json.loads(shlex.split(plan.params_json(config, "proxy", strategy="margin"))[0])
-    activeft = json.loads(shlex.split(plan.params_json(config, "proxy", strategy="activeft"))[0])
+    margin, badge, activeft = (json.loads(shlex.split(plan.params_json(config, "proxy", strategy=s))[0])
+                               for s in ("margin", "badge", "activeft"))
     assert "strategy_options" not in margin and "device" not in margin
-    assert set(activeft["strategy_options"]) == {"activeft"} and activeft["device"] == config["device"]
+    assert set(badge["strategy_options"]) == {"badge"} and "device" not in badge
+    assert activeft["device"] == config["device"]  # ActiveFT computes on the device
 
 
 def test_the_identity_check_finds_a_changed_selection_and_ignores_timings(tmp_path: Path) -> None:

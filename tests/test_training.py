@@ -101,27 +101,31 @@ def _train(model: Classifier, dataset: Dataset, recipe: TrainRecipe, checkpoint:
 
 def test_ft_recipe_from_config() -> None:
     config = validate_config(
-        {"experiment": "unit", "finetune": {"epochs": 12, "batch_size": 32, "lr_backbone": 0.05, "milestones": [6, 9]}}
+        {"experiment": "unit", "finetune": {"epochs": 12, "batch_size": 32, "lr_backbone": 0.05, "lr_head": 0.2,
+                                            "milestones": [6, 9], "min_steps": 0}}
     )
     recipe = recipe_from_config("ft", config)
     assert recipe.kind == "ft" and recipe.batch_size == 32
-    assert recipe.momentum == 0.9 and recipe.nesterov is True
-    assert recipe.stages == (Stage("ft", 12, 0.05, 0.1, 1e-4, "step", (6, 9)),)
+    assert recipe.momentum == 0.9 and recipe.nesterov is True and recipe.recalibrate_bn is True  # fixed, not config keys
+    assert recipe.stages == (Stage("ft", 12, 0.05, 0.2, 1e-4, "step", (6, 9)),)
 
 
-def test_lpft_recipe_from_config_has_an_lp_stage_then_an_ft_stage() -> None:
+def test_lpft_recipe_from_config_is_the_ft_schedule_with_a_probe_first() -> None:
     config = validate_config(
         {
             "experiment": "unit",
-            "finetune": {"batch_size": 16},
-            "lpft": {"lp_epochs": 4, "lp_lr": 2.0, "ft_epochs": 6, "lr_backbone": 0.001, "lr_head": 0.2, "milestones": [5]},
+            "finetune": {"batch_size": 16, "epochs": 10, "lr_backbone": 0.001, "lr_head": 0.2, "weight_decay": 0.0,
+                         "milestones": [9], "min_steps": 40, "warmup_steps": 3},
+            "lpft": {"lp_epochs": 4, "lp_lr": 2.0},
         }
     )
     recipe = recipe_from_config("lpft", config)
     assert recipe.kind == "lpft" and recipe.batch_size == 16
     lp, ft = recipe.stages
-    assert lp == Stage("lp", 4, None, 2.0, 0.1, "lbfgs")  # backbone frozen, L-BFGS probe (lp_weight_decay 0.1)
-    assert ft == Stage("ft", 6, 0.001, 0.2, 0.0, "step", (5,))
+    assert lp == Stage("lp", 4, None, 2.0, 0.1, "lbfgs", (), 16)  # backbone frozen, L-BFGS probe (lp_weight_decay 0.1)
+    # LP + FT epochs = finetune.epochs; milestone 9 of the whole schedule is epoch 5 of the FT stage;
+    # the floor of 40 steps over 10 epochs gives the 6 FT epochs 24 steps.
+    assert ft == Stage("ft", 6, 0.001, 0.2, 0.0, "step", (5,), 24, 3)
 
 
 def test_unknown_recipe_kind_raises() -> None:

@@ -286,6 +286,5 @@ def build_backbone(arch: str, checkpoint: str | os.PathLike[str] | None, *, pref
 def pretrained_backbone(backbone_config: dict[str, Any]) -> tuple[nn.Module, Path | None]:
     """The configured backbone with its checkpoint loaded, and the checkpoint's path (None: random init)."""
     checkpoint = resolve_checkpoint(backbone_config["checkpoint"])
-    model = build_backbone(backbone_config["arch"], checkpoint, prefix=backbone_config["prefix"],
-                           sha256_prefix=backbone_config["sha256_prefix"])
+    model = build_backbone(backbone_config["arch"], checkpoint, prefix=backbone_config["prefix"])
     return model, checkpoint

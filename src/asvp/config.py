@@ -48,6 +48,37 @@ def _with_defaults(validator_class: type) -> type:
 _DefaultFillingValidator = _with_defaults(jsonschema.Draft202012Validator)
 
 
+# Keys that earlier versions of the schema had, and what replaced each: a config that still sets
+# one is told where the setting went instead of only that the key is unknown.
+_FT_STAGE = "LP-FT's FT stage now uses finetune.{0} (one recipe for FT and LP-FT)"
+_FIXED = "it is fixed at {0} ({1})"
+REMOVED_KEYS: dict[str, str] = {
+    "backbone.sha256_prefix": "the hash in a torchvision-style file name (name-<hex>.pth) is still checked; "
+                              "check other files with sha256sum",
+    "features.chunk_rows": _FIXED.format(4096, "asvp.extraction.CHUNK_ROWS"),
+    "proxy.momentum": _FIXED.format(0.9, "asvp.proxy.ProxyRecipe, paper appendix A"),
+    "proxy.nesterov": _FIXED.format("on", "asvp.proxy.ProxyRecipe, the official code"),
+    "proxy.inference_batch_size": _FIXED.format(16384, "asvp.proxy_scoring.INFERENCE_BATCH_SIZE"),
+    "strategy_options.activeft": "ActiveFT runs with the official ASVP code's settings (asvp.strategies.activeft)",
+    "finetune.momentum": _FIXED.format(0.9, "asvp.training.SGD_MOMENTUM, paper appendix A"),
+    "finetune.nesterov": _FIXED.format("on", "asvp.training.SGD_NESTEROV, the official code"),
+    "finetune.recalibrate_bn": _FIXED.format("on", "asvp.training.RECALIBRATE_BN"),
+    "lpft.ft_epochs": "LP-FT's FT stage runs finetune.epochs - lpft.lp_epochs epochs; set finetune.epochs",
+    "lpft.lr_backbone": _FT_STAGE.format("lr_backbone"),
+    "lpft.lr_head": _FT_STAGE.format("lr_head"),
+    "lpft.weight_decay": _FT_STAGE.format("weight_decay"),
+    "lpft.milestones": _FT_STAGE.format("milestones") + ", counted in epochs of the whole schedule",
+    "lpft.warmup_steps": _FT_STAGE.format("warmup_steps"),
+    "lpft.ft_min_steps": _FT_STAGE.format("min_steps") + ", its share by epochs",
+    "lpft.lp_min_steps": "the probe takes its share of finetune.min_steps by epochs",
+    "evaluation.batch_size": _FIXED.format(512, "asvp.training.PREDICT_BATCH_SIZE, paper appendix A"),
+    "decision.feature_alignment": "the ablation is a method: add asvp_training_only to `methods`",
+    "decision.training_alignment": "the ablation is a method: add asvp_features_only to `methods`",
+    "decision.ped": "PED runs with the PED repository's settings (asvp.ped.STEP, NSIGMA, EXIT_RATIO, MAX_STEPS, "
+                    "CONVERGED_STEPS, REFERENCE_ROWS)",
+}
+
+
 def _key_path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(part) for part in error.absolute_path) or "<top level>"
 
@@ -60,6 +91,12 @@ def _describe(error: jsonschema.ValidationError, source: str) -> str:
         known = set(allowed)
         unknown = sorted(k for k in error.instance if k not in known)
         prefix = f"{where}." if error.absolute_path else ""
+        removed = [f"{prefix}{k}" for k in unknown if f"{prefix}{k}" in REMOVED_KEYS]
+        if removed:
+            return (
+                f"{source}: config key '{removed[0]}' was removed: {REMOVED_KEYS[removed[0]]}. "
+                "Remove the key from the config."
+            )
         keys = ", ".join(f"'{prefix}{k}'" for k in unknown)
         return (
             f"{source}: unknown config key {keys}. Allowed keys here: {', '.join(allowed)}. "
@@ -103,6 +140,10 @@ def validate_config(
     return filled
 
 
+# Methods that train a model with LP-FT (ASVP until its rule first triggers, decision.py).
+LPFT_METHODS = frozenset({"standard_lpft", "asvp", "asvp_training_only"})
+
+
 def _check_consistency(config: dict[str, Any], source: str) -> None:
     """Cross-key checks a JSON schema cannot express."""
     data = config["data"]
@@ -127,19 +168,30 @@ def _check_consistency(config: dict[str, Any], source: str) -> None:
             f"{source}: strategy_options.badge.candidates is {candidates}, fewer than the largest round budget "
             f"({max(budgets[1:])}): BADGE could not fill that round. Raise it or set it to null (exact BADGE)."
         )
-    lpft = config["lpft"]
-    for recipe_name, recipe, epochs in (
-        ("finetune", config["finetune"], config["finetune"]["epochs"]),
-        ("lpft", lpft, lpft["ft_epochs"]),
-    ):
-        # The step schedule is stepped after each epoch, so milestone m lowers the lr from epoch
-        # m + 1 on: a milestone equal to the epoch count is as dead as one beyond it.
-        late = [m for m in recipe["milestones"] if m >= epochs]
-        if late:
-            raise ConfigError(
-                f"{source}: {recipe_name}.milestones {late} lie at or beyond its {epochs} epochs and would "
-                "never take effect (milestone m lowers the lr from epoch m + 1). Remove them or raise the epochs."
-            )
+    finetune, lp_epochs = config["finetune"], config["lpft"]["lp_epochs"]
+    epochs = finetune["epochs"]
+    # The step schedule is stepped after each epoch, so milestone m lowers the lr from epoch
+    # m + 1 on: a milestone equal to the epoch count is as dead as one beyond it.
+    late = [m for m in finetune["milestones"] if m >= epochs]
+    if late:
+        raise ConfigError(
+            f"{source}: finetune.milestones {late} lie at or beyond its {epochs} epochs and would "
+            "never take effect (milestone m lowers the lr from epoch m + 1). Remove them or raise the epochs."
+        )
+    # LP-FT is the FT schedule whose first lp_epochs epochs train the head alone (the probe).
+    if not LPFT_METHODS & set(config["methods"]):
+        return
+    if lp_epochs >= epochs:
+        raise ConfigError(
+            f"{source}: lpft.lp_epochs is {lp_epochs}, not below finetune.epochs ({epochs}): LP-FT's FT stage "
+            "runs finetune.epochs - lpft.lp_epochs epochs. Lower lpft.lp_epochs or raise finetune.epochs."
+        )
+    early = [m for m in finetune["milestones"] if m < lp_epochs]
+    if early:
+        raise ConfigError(
+            f"{source}: finetune.milestones {early} fall inside LP-FT's {lp_epochs} probe epochs "
+            f"(lpft.lp_epochs), where no lr steps. Move them to epoch {lp_epochs} or later, or lower lpft.lp_epochs."
+        )
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import numpy as np
 
 from asvp.errors import DataError
 from asvp.logme import logme
-from asvp.ped import ped
+from asvp.ped import CONVERGED_STEPS, EXIT_RATIO, MAX_STEPS, NSIGMA, REFERENCE_ROWS, STEP, ped
 
 
 def decide_round(
@@ -44,7 +44,8 @@ def decide_round(
     labelled_features: (N, D) float features of L_t; labels: (N,) int; reference: (M, D) float
     unlabelled-pool features; previous: the previous round's decision record (None in round 0).
     """
-    ped_settings = settings["ped"]
+    ped_settings = {"step": STEP, "nsigma": NSIGMA, "exit_ratio": EXIT_RATIO, "max_steps": MAX_STEPS,
+                    "converged_steps": CONVERGED_STEPS, "reference_rows": REFERENCE_ROWS}
     triggers_before = previous["triggers"] if previous else 0
     version = previous["next_feature_version"] if previous else 0
     record: dict[str, Any] = {
@@ -53,8 +54,8 @@ def decide_round(
         "threshold": settings["threshold"],
         "logme_variant": settings["logme_variant"],
         "max_refreshes": settings["max_refreshes"],
-        "feature_alignment": settings["feature_alignment"],
-        "training_alignment": settings["training_alignment"],
+        "feature_alignment": settings.get("feature_alignment", True),
+        "training_alignment": settings.get("training_alignment", True),
         "ped_settings": dict(ped_settings),
         "triggers_before": triggers_before,
     }

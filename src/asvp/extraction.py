@@ -42,6 +42,9 @@ from asvp.errors import DataError, require_finite_rows
 from asvp.precision import inference_autocast
 
 
+CHUNK_ROWS = 4096  # rows per HDF5 chunk of the features file, also the unit a killed extraction resumes from
+
+
 @dataclass(frozen=True)
 class SplitInput:
     """One split to extract: a dataset yielding (image, label, position) and its metadata."""
@@ -90,7 +93,7 @@ def extract_features(
     attrs: Mapping[str, Any],
     dtype: str = "float32",
     batch_size: int = 256,
-    chunk_rows: int = 4096,
+    chunk_rows: int = CHUNK_ROWS,
     num_workers: int = 0,
     device: torch.device | str = "cpu",
     crash_name: str = "extract_chunk",

@@ -37,12 +37,12 @@ from asvp.pool import read_labelled, read_split_table
 from asvp.backbones import pretrained_backbone
 from asvp.data import dataset_for
 from asvp.device import resolve_device
-from asvp.training import Classifier, predict, recipe_fingerprint, recipe_from_config, train
+from asvp.training import PREDICT_BATCH_SIZE, Classifier, predict, recipe_fingerprint, recipe_from_config, train
 
 CACHE_VERSION = 4  # bump when training or evaluation code changes what a cached result means
 LOSS_TOLERANCE = 1e-4  # relative: float noise on a converged L-BFGS objective is no divergence
 CHANCE_MARGIN = 0.02  # test accuracy within this of chance (1 / classes) counts as diverged
-LR_KNOBS = {"ft": "finetune.lr_backbone / finetune.lr_head", "lpft": "lpft.lr_backbone / lpft.lr_head (or lpft.lp_weight_decay)"}
+LR_KNOBS = {"ft": "finetune.lr_backbone / finetune.lr_head", "lpft": "finetune.lr_backbone / finetune.lr_head (or lpft.lp_weight_decay)"}
 
 
 class _Relabelled(torch.utils.data.Dataset):
@@ -139,7 +139,7 @@ def test_accuracy(config: dict[str, Any], model: Classifier, test_csv: str | Pat
     table = read_split_table(test_csv)
     dataset = dataset_for(config["data"], "test", table["source_index"].to_numpy(), train_mode=False)
     probabilities, _ = predict(
-        model, dataset, batch_size=config["evaluation"]["batch_size"], device=resolve_device(config["device"]),
+        model, dataset, batch_size=PREDICT_BATCH_SIZE, device=resolve_device(config["device"]),
         num_workers=config["data"]["num_workers"],
     )
     truth = table["label"].to_numpy()

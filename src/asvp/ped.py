@@ -17,7 +17,7 @@ This module reproduces lixiaotong97/PED:metrics.py (commit e5af6e7, `One_Step_PE
   higher to +), so identical classes still count as overlapping and separate deterministically.
 * The reference returns NaN ratios when no pair overlaps (E_0 = 0, so 0/0); we record a ratio
   of 0.0 and stop with 0 steps, which is the reference's outcome without the NaN.
-* The reference hard-codes 6 steps (its `--num_step` flag is unused); `max_steps` exposes it.
+* The reference hard-codes 6 steps (its `--num_step` flag is unused); `max_steps` exposes it to tests.
 
 With the reference defaults (step 0.1, nsigma 0.6, exit ratio 0.5), a step moves each overlap by
 only 0.5 %, so with a handful of classes PED takes either 0 steps (no ball overlap at all) or all
@@ -33,6 +33,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from asvp.errors import DataError, require_finite_rows
+
+# ASVP runs PED with fixed settings, not config keys: the first four are the PED repository's
+# command-line values (lixiaotong97/PED, metrics.py and main.py; reference notes sec. 3.3).
+STEP = 0.1  # time step dt: a step moves an overlapping pair apart by dt^2/2 of its overlap
+NSIGMA = 0.6  # ball radius in units of a class's RMS radius (the repository's other candidate: 0.3)
+EXIT_RATIO = 0.5  # stop once a step's energy is at most this fraction of the first step's
+MAX_STEPS = 6  # hard-coded in the repository (its --num_step flag is unused)
+# The paper (sec. 5): features are kept when PED "converges in one iteration". With hundreds of
+# classes PED often stops after 1 step despite heavy overlap.
+CONVERGED_STEPS = 1
+REFERENCE_ROWS = 50_000  # ours: seeded sample of unlabelled pool rows for PED's rescaling statistics
 
 _ROW_CHUNK = 8192  # sample rows rescaled at a time
 _PAIR_ROWS = 256  # class rows per block of the (rows, C) pair matrices
@@ -65,10 +76,10 @@ def ped(
     labels: np.ndarray,
     reference: np.ndarray,
     *,
-    step: float = 0.1,
-    nsigma: float = 0.6,
-    exit_ratio: float = 0.5,
-    max_steps: int = 6,
+    step: float = STEP,
+    nsigma: float = NSIGMA,
+    exit_ratio: float = EXIT_RATIO,
+    max_steps: int = MAX_STEPS,
     constant: float = 1.0,
     eps: float = 1e-3,
 ) -> PEDResult:

@@ -37,7 +37,10 @@ class ProxyRecipe:
 
     @classmethod
     def from_config(cls, proxy_config: dict[str, Any]) -> ProxyRecipe:
-        return cls(**proxy_config)
+        """The `proxy` config section's recipe (epochs, lr, weight_decay, batch_size). Momentum 0.9 with
+        Nesterov (paper appendix A; the official code's SGD) and the scoring batch of 16384 rows (appendix A)
+        are fixed: they are this class's defaults, not config keys."""
+        return cls(**{key: proxy_config[key] for key in ("epochs", "lr", "weight_decay", "batch_size") if key in proxy_config})
 
 
 class ProxyMLP(nn.Module):

@@ -20,6 +20,7 @@ import numpy as np
 from asvp.errors import require_finite_rows
 from asvp.features import read_rows
 
+INFERENCE_BATCH_SIZE = 16384  # feature rows per proxy forward pass when scoring the pool (paper appendix A)
 BATCHNORM_EPS = 1e-5  # torch.nn.BatchNorm1d's default, with which the proxy is trained
 
 

@@ -22,6 +22,7 @@ def decide(config: dict[str, Any], method: str, features: str, labelled: str, se
     """Decide for round `round` of an ASVP `method` on the features in use, after its labels;
     write decision.json (the verdict with every number that led to it)."""
     from asvp.decision import decide_round
+    from asvp.ped import REFERENCE_ROWS
 
     settings = decision_settings(method, config["decision"])
     with feature_store.open_features(features) as handle:
@@ -31,7 +32,7 @@ def decide(config: dict[str, Any], method: str, features: str, labelled: str, se
         feature_store.check_sample_ids(handle, rows, table["sample_id"].tolist(), labelled)
     x, _ = feature_store.load_rows(features, "pool", rows)
     unlabelled = unlabelled_indices(pool_size, table)
-    cap = settings["ped"]["reference_rows"]
+    cap = REFERENCE_ROWS
     if len(unlabelled) > cap:
         unlabelled = np.sort(np.random.default_rng([seed, round, 7]).choice(unlabelled, cap, replace=False))
     reference, _ = feature_store.load_rows(features, "pool", unlabelled if len(unlabelled) else rows)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -123,7 +122,6 @@ def extract(config: dict[str, Any], pool: str, test: str, out: str, model: str |
         attrs=attrs,
         dtype=config["features"]["dtype"],
         batch_size=config["features"]["batch_size"],
-        chunk_rows=config["features"]["chunk_rows"],
         num_workers=data["num_workers"],
         device=resolve_device(config["device"]),
         crash_name="extract_chunk" if model is None else "refresh_chunk",

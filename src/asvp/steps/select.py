@@ -22,9 +22,6 @@ from asvp.pool import label_selection, read_labelled, read_selected, read_split_
 from asvp.strategies import PoolState, configured_strategy, get_strategy
 from asvp.strategies.base import check_budget, top_scores
 
-PROXY_INFERENCE_BATCH = 16384  # feature rows per proxy forward pass (paper appendix A); speed and memory only
-
-
 @dataclass(frozen=True)
 class Query:
     """One round's selection: which run and round, how many images, and its files.
@@ -143,8 +140,10 @@ def select_proxy(query: Query, features: str, proxy_weights: str, config: dict[s
     removed once the selection is written.
     """
     from asvp import features as feature_store
+    from asvp import proxy_scoring
     from asvp.proxy_scoring import load_weights, proxy_chunks, write_proxy_outputs
 
+    batch = proxy_scoring.INFERENCE_BATCH_SIZE
     pool, labelled_rows, unlabelled = _pool_state(query)
     strategy = configured_strategy(query.strategy, config)
     weights = load_weights(proxy_weights)
@@ -155,14 +154,14 @@ def select_proxy(query: Query, features: str, proxy_weights: str, config: dict[s
         pool_features = handle["pool/features"]
         if strategy.rowwise:
             scores = np.empty(len(unlabelled), dtype=np.float64)
-            for start, probabilities, _ in proxy_chunks(weights, pool_features, unlabelled, PROXY_INFERENCE_BATCH):
+            for start, probabilities, _ in proxy_chunks(weights, pool_features, unlabelled, batch):
                 rows = unlabelled[start : start + len(probabilities)]
                 scores[start : start + len(rows)] = strategy.score(
                     PoolState(unlabelled=rows, labelled=labelled_rows, probabilities=probabilities), rng)
             _write_selection(pool, unlabelled, top_scores(unlabelled, scores, query.budget), scores, query)
             return
         paths = write_proxy_outputs(weights, pool_features, unlabelled, labelled_rows, Path(query.selected_out).parent,
-                                    PROXY_INFERENCE_BATCH, with_probabilities="probabilities" in strategy.needs)
+                                    batch, with_probabilities="probabilities" in strategy.needs)
     opened = {name: np.load(path, mmap_mode="r") for name, path in paths.items()}
     state = PoolState(unlabelled=unlabelled, labelled=labelled_rows, probabilities=opened.get("probabilities"),
                       embeddings=opened["hidden"], labelled_embeddings=opened["labelled_hidden"])
@@ -180,7 +179,7 @@ def select_model(query: Query, model: str, config: dict[str, Any]) -> None:
 
     from asvp.data import dataset_for
     from asvp.device import resolve_device
-    from asvp.training import classifier_from, predict
+    from asvp.training import PREDICT_BATCH_SIZE, classifier_from, predict
 
     pool, labelled_rows, unlabelled = _pool_state(query)
     strategy = configured_strategy(query.strategy, config)
@@ -189,7 +188,7 @@ def select_model(query: Query, model: str, config: dict[str, Any]) -> None:
 
     def outputs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         dataset = dataset_for(config["data"], "pool", pool["source_index"].to_numpy()[rows], train_mode=False)
-        return predict(network, dataset, batch_size=config["evaluation"]["batch_size"],
+        return predict(network, dataset, batch_size=PREDICT_BATCH_SIZE,
                        device=resolve_device(config["device"]), num_workers=config["data"]["num_workers"])
 
     state = PoolState(unlabelled=unlabelled, labelled=labelled_rows)
@@ -216,13 +215,13 @@ def request_labels(config: dict[str, Any], selected: str, pool: str, dataset_jso
     predicted = None
     if proxy_weights is not None and features is not None:
         from asvp import features as feature_store
-        from asvp.proxy_scoring import load_weights, proxy_chunks
+        from asvp.proxy_scoring import INFERENCE_BATCH_SIZE, load_weights, proxy_chunks
 
         rows = chosen["pool_index"].to_numpy(np.int64)
         predicted = np.empty(len(rows), dtype=np.int64)
         with feature_store.open_features(features) as handle:
             for start, probabilities, _ in proxy_chunks(load_weights(proxy_weights), handle["pool/features"], rows,
-                                                        PROXY_INFERENCE_BATCH):
+                                                        INFERENCE_BATCH_SIZE):
                 predicted[start : start + len(probabilities)] = probabilities.argmax(axis=1)
     source = open_source(config["data"]["dataset"], config["data"]["root"], "train")
     write_request(chosen, table, source, classes, predicted, out, sheet)
