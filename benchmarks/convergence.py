@@ -3,7 +3,7 @@ pre-trained weights and from randomly initialised weights saved as a checkpoint 
 
 Each cell is what a new user gets: a config that sets only `data:` and `backbone:` (plus
 `--set` overrides, to try other recipes), validated against the schema, and the workflow's own
-fine-tune (`asvp.evaluation.finetune_and_evaluate`) on a seeded random labelled subset of
+fine-tune (`asvp.finetune.finetune_and_evaluate`) on a seeded random labelled subset of
 Fashion-MNIST at 32 px. A cell converges when its final-epoch train accuracy is above 0.9 and
 the divergence guard says `ok`.
 
@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from asvp import evaluation, rounds
+from asvp import finetune
+from asvp.steps.features import define_pool
 from asvp.atomic import write_csv
 from asvp.config import validate_config
 from asvp.pool import read_split_table
@@ -64,13 +65,13 @@ def run_cell(arch: str, weights: str, n: int, recipe: str, args: argparse.Namesp
     config = validate_config(merge(raw, json.loads(args.set)), source="convergence grid")
     cell = folder / f"{arch}_{weights}_{n}_{recipe}"
     cell.mkdir()
-    rounds.define_pool(config, cell / "pool.csv", cell / "test.csv", cell / "info.json")
+    define_pool(config, cell / "pool.csv", cell / "test.csv", cell / "info.json")
     pool = read_split_table(cell / "pool.csv")
     rows = np.random.default_rng([args.seed, 0]).choice(len(pool), n, replace=False)
     write_csv(cell / "labelled.csv", pd.DataFrame({"pool_index": rows, "sample_id": pool["sample_id"].to_numpy()[rows],
                                                    "label": pool["label"].to_numpy()[rows], "round": 0}))
     start = time.time()
-    metrics = evaluation.finetune_and_evaluate(config, recipe, cell / "pool.csv", cell / "labelled.csv",
+    metrics = finetune.finetune_and_evaluate(config, recipe, cell / "pool.csv", cell / "labelled.csv",
                                                cell / "test.csv", args.seed, cell / "metrics.json", cache_dir=cell / "c")
     curve = metrics["loss_curve"]
     return {"arch": arch, "weights": weights, "labels": n, "recipe": recipe,

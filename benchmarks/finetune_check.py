@@ -1,7 +1,7 @@
 """One fine-tune on a seeded random labelled subset of the default pool: loss curve and test accuracy.
 
 The harness behind the recipe figures in the README and workflow_config.yaml (issue 7): it runs
-the workflow's own fine-tune (`asvp.evaluation.finetune_and_evaluate`, the one training loop)
+the workflow's own fine-tune (`asvp.finetune.finetune_and_evaluate`, the one training loop)
 with config overrides, so a recipe can be checked at one labelled-set size in a minute or two.
 
   python benchmarks/finetune_check.py 400 ft '{"finetune": {"batch_size": 100}}'
@@ -27,7 +27,8 @@ import pandas as pd
 import torch
 import yaml
 
-from asvp import evaluation, rounds
+from asvp import finetune
+from asvp.steps.features import define_pool
 from asvp.atomic import write_csv
 from asvp.config import validate_config
 from asvp.pool import read_split_table
@@ -45,14 +46,14 @@ def main() -> None:
     config = validate_config(raw, source="finetune_check overrides")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        rounds.define_pool(config, folder / "pool.csv", folder / "test.csv", folder / "info.json")
+        define_pool(config, folder / "pool.csv", folder / "test.csv", folder / "info.json")
         pool = read_split_table(folder / "pool.csv")
         rows = np.random.default_rng([seed, 0]).choice(len(pool), n, replace=False)
         labelled = pd.DataFrame({"pool_index": rows, "sample_id": pool["sample_id"].to_numpy()[rows],
                                  "label": pool["label"].to_numpy()[rows], "round": 0})
         write_csv(folder / "labelled.csv", labelled)
         start = time.time()
-        metrics = evaluation.finetune_and_evaluate(config, kind, folder / "pool.csv", folder / "labelled.csv",
+        metrics = finetune.finetune_and_evaluate(config, kind, folder / "pool.csv", folder / "labelled.csv",
                                                    folder / "test.csv", seed, folder / "metrics.json", cache_dir=folder / "c")
     print(f"n={n} recipe={kind} seed={seed} overrides={json.dumps(overrides)} test accuracy {metrics['accuracy']:.4f} "
           f"({metrics['status']}, {time.time() - start:.0f} s)")

@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 import torch
 
-from asvp import evaluation, rounds
+from asvp import finetune
+from asvp.steps.features import define_pool
 from asvp.atomic import write_csv
 from asvp.config import validate_config
 from asvp.pool import read_split_table
@@ -66,13 +67,13 @@ def test_the_default_recipe_fits_a_small_labelled_set_without_diverging(
         except CheckpointError as exc:
             pytest.skip(str(exc))
     config = _user_config(arch, "default" if weights == "packaged" else str(random_checkpoints[arch]))
-    rounds.define_pool(config, tmp_path / "pool.csv", tmp_path / "test.csv", tmp_path / "info.json")
+    define_pool(config, tmp_path / "pool.csv", tmp_path / "test.csv", tmp_path / "info.json")
     pool = read_split_table(tmp_path / "pool.csv")
     labels = pool["label"].to_numpy()
     rows = np.concatenate([np.flatnonzero(labels == c)[:LABELS_PER_CLASS] for c in range(10)])
     write_csv(tmp_path / "labelled.csv", pd.DataFrame({"pool_index": rows, "sample_id": pool["sample_id"].to_numpy()[rows],
                                                        "label": labels[rows], "round": 0}))
-    metrics = evaluation.finetune_and_evaluate(config, recipe, tmp_path / "pool.csv", tmp_path / "labelled.csv",
+    metrics = finetune.finetune_and_evaluate(config, recipe, tmp_path / "pool.csv", tmp_path / "labelled.csv",
                                                tmp_path / "test.csv", 0, tmp_path / "metrics.json", cache_dir=tmp_path / "cache")
     curve = " ".join(f"{h['stage']}{h['epoch']}:{h['loss']:.2f}/{h['train_accuracy']:.2f}" for h in metrics["loss_curve"])
     assert metrics["status"] == "ok", f"{metrics['divergence']}; curve {curve}"

@@ -331,12 +331,12 @@ class _Unaugmented(Dataset):
 def test_with_several_gpus_a_job_takes_the_one_with_most_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from asvp import device as rounds
+    from asvp import device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda k: ([2, 9, 5][k] * 2**30, 16 * 2**30))
-    assert rounds.resolve_device("auto") == torch.device("cuda:1") == rounds.resolve_device("cuda")
+    assert device.resolve_device("auto") == torch.device("cuda:1") == device.resolve_device("cuda")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert rounds.resolve_device("auto") == torch.device("cuda")
-    assert rounds.resolve_device("cpu") == torch.device("cpu")
+    assert device.resolve_device("auto") == torch.device("cuda")
+    assert device.resolve_device("cpu") == torch.device("cpu")

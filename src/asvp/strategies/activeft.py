@@ -43,7 +43,7 @@ from asvp.strategies.base import PoolState, Strategy, check_budget, register
 MAX_ELEMENTS = 1 << 24  # entries of one similarity slice: 64 MiB of float32
 READ_ROWS = 16384  # pool rows read from storage at a time during matching
 CANDIDATES = 64  # top-m unlabelled candidates kept per centroid during matching
-ITERATIONS = 100  # Adam steps on the centroids by default (the official ASVP code's; the schema's default too)
+ITERATIONS = 100  # Adam steps on the centroids by default (the official ASVP code's; not a config key)
 
 
 def _torch_device(device: str) -> Any:
