@@ -209,7 +209,7 @@ def test_config_layers_are_the_same_wherever_the_command_runs(tmp_path: Path) ->
     settings = yaml.safe_load(outside)
     assert settings["proxy"]["epochs"] == 3 and settings["proxy"]["lr"] == 0.01
     assert settings["data"]["pool_subset"] is None and settings["seeds"] == [0]  # the schema's, not the default experiment's
-    assert settings["strategy_options"]["activeft"]["iterations"] == 100
+    assert settings["strategy_options"]["badge"]["candidates"] is None  # nested defaults are filled too
 
 
 def test_activeft_pre_plans_one_single_shot_per_evaluation_point(tmp_path: Path) -> None:
