@@ -46,7 +46,7 @@ from asvp.extraction import CHUNK_ROWS, SplitInput, extract_features
 from asvp.features import load_rows
 from asvp.pool import LABELLED_COLUMNS, split_table
 from asvp.proxy import ProxyRecipe, save_weights, train_proxy
-from asvp.proxy_scoring import load_weights, proxy_chunks
+from asvp.proxy_scoring import INFERENCE_BATCH_SIZE, load_weights, proxy_chunks
 from asvp.training import Classifier, recipe_fingerprint, recipe_from_config, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -266,7 +266,7 @@ def bench_round(config: dict, n_labelled: int, n_pool: int, ft_evaluation: bool)
         proxy = train_proxy(features[labelled], labels[labelled], source.num_classes, recipe, seed=0)
         save_weights(proxy, Path(tmp) / "proxy.npz")  # scored as the select job scores: numpy, from proxy.npz
         weights = load_weights(Path(tmp) / "proxy.npz")
-        for _ in proxy_chunks(weights, features, np.setdiff1d(np.arange(n_pool), labelled), recipe.inference_batch_size):
+        for _ in proxy_chunks(weights, features, np.setdiff1d(np.arange(n_pool), labelled), INFERENCE_BATCH_SIZE):
             pass
         results = {f"proxy round: train + score {n_pool - n_labelled} (s)": time.perf_counter() - start}
     if ft_evaluation:

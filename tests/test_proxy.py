@@ -18,7 +18,7 @@ from asvp.proxy_scoring import load_weights, proxy_chunks, write_proxy_outputs
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
-FAST = ProxyRecipe(epochs=3, lr=0.05, batch_size=16, inference_batch_size=7)
+FAST = ProxyRecipe(epochs=3, lr=0.05, batch_size=16)
 
 
 def _blobs(n_per_class: int = 20, dim: int = 8, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -67,11 +67,9 @@ SMALL = Resources(2000, 15)
 PROXY = Resources(16000, 120)
 
 
-def heavy(config: dict[str, Any], gpus: int | None = None) -> Resources:
+def heavy(config: dict[str, Any], gpus: int = 1) -> Resources:
     """A fine-tune, an extraction or a selection with a network: a GPU unless device is cpu
     (`gpus_per_job` of them for the data-parallel fine-tunes and extractions)."""
-    if gpus is None:
-        gpus = 1
     return Resources(64000, 1440, 0 if config["device"] == "cpu" else gpus)
 
 

@@ -33,13 +33,12 @@ class ProxyRecipe:
     momentum: float = 0.9
     nesterov: bool = True
     batch_size: int = 2048
-    inference_batch_size: int = 16384
 
     @classmethod
     def from_config(cls, proxy_config: dict[str, Any]) -> ProxyRecipe:
         """The `proxy` config section's recipe (epochs, lr, weight_decay, batch_size). Momentum 0.9 with
-        Nesterov (paper appendix A; the official code's SGD) and the scoring batch of 16384 rows (appendix A)
-        are fixed: they are this class's defaults, not config keys."""
+        Nesterov (paper appendix A; the official code's SGD) are fixed: this class's defaults, not
+        config keys (the scoring batch is proxy_scoring.INFERENCE_BATCH_SIZE)."""
         return cls(**{key: proxy_config[key] for key in ("epochs", "lr", "weight_decay", "batch_size") if key in proxy_config})
 
 

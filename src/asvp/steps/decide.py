@@ -14,6 +14,7 @@ import numpy as np
 from asvp import features as feature_store
 from asvp.atomic import read_json, write_json
 from asvp.methods import decision_settings
+from asvp.plan import decision_refreshes
 from asvp.pool import read_labelled, unlabelled_indices
 
 
@@ -42,11 +43,6 @@ def decide(config: dict[str, Any], method: str, features: str, labelled: str, se
     print(f"verdict {record['verdict']}: {record['reason']}")
 
 
-def refresh_requested(decision: str | Path) -> bool:
-    """What a round's decision.json says about the features."""
-    return bool(read_json(decision)["refresh_features"])
-
-
 def refresh_features(config: dict[str, Any], decision: str, pool: str, test: str, labelled: str, previous_features: str,
                      seed: int, round: int, cache_dir: str, out: str, gpus: int = 0) -> None:
     """Apply a round's decision: fine-tune + re-extract when it says refresh, else link.
@@ -58,7 +54,7 @@ def refresh_features(config: dict[str, Any], decision: str, pool: str, test: str
     until the re-extraction is complete (a killed extraction resumes from it), then goes
     unless `evaluation.keep_models`. A pass-through never imports torch.
     """
-    if not refresh_requested(decision):
+    if not decision_refreshes(decision):
         feature_store.link_features(previous_features, out)
         print("kept (linked to the previous features)")
         return
