@@ -163,7 +163,7 @@ def worker(task: str, paths: dict[str, Path], picks: int, labelled: int, limit: 
     """One measurement in this process: seconds, the picks' checksum (or the picks themselves)."""
     from asvp.proxy_scoring import load_weights, proxy_chunks
     from asvp.strategies import PoolState, get_strategy
-    from asvp.strategies.badge import kmeanspp, kmeanspp_reference
+    from asvp.strategies.kmeanspp import kmeanspp, kmeanspp_reference
     from asvp.strategies.coreset import kcenter_greedy, kcenter_greedy_reference
 
     features = np.load(paths["features"], mmap_mode="r")
@@ -215,7 +215,7 @@ def worker(task: str, paths: dict[str, Path], picks: int, labelled: int, limit: 
     elif task == "badge_seed2":  # the overlap two exact runs with different rngs reach: the yardstick
         result = kmeanspp(probabilities[labelled:], pool, picks, np.random.default_rng(2))
     elif task == "badge_approx":
-        from asvp.strategies.badge import kmeanspp_approximate
+        from asvp.strategies.kmeanspp import kmeanspp_approximate
 
         candidates = max(picks, int(APPROX_CANDIDATES * rows / FULL_ROWS))
         result = kmeanspp_approximate(probabilities[labelled:], pool, picks, rng, candidates,

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from asvp.errors import ConfigError, DataError
+from asvp.strategies import kmeanspp
 from asvp.strategies.base import STRATEGIES, PoolState, get_strategy
 
 
@@ -55,10 +56,10 @@ def _state(p: np.ndarray, h: object, unlabelled: np.ndarray | None = None) -> Po
 def test_factorised_distances_equal_explicit_outer_product_distances(badge: ModuleType) -> None:
     p, h = _clustered(40, classes=5, dim=7, seed=3)
     g = _gradient_embeddings(p, h)
-    pool = badge._prepare(p, h, chunk_rows=16)
+    pool = kmeanspp.prepare(p, h, chunk_rows=16)
     np.testing.assert_allclose(pool.s, (g * g).sum(axis=1), rtol=1e-10)
     for c in (0, 17, 39):
-        d = badge._distances(pool, np.arange(40), badge._centre(pool, c), chunk_rows=16)
+        d = kmeanspp._distances(pool, np.arange(40), kmeanspp._centre(pool, c), chunk_rows=16)
         np.testing.assert_allclose(d, ((g - g[c]) ** 2).sum(axis=1), rtol=1e-5, atol=1e-5)
         assert d[c] == 0.0
 
@@ -70,8 +71,8 @@ def test_pruned_selection_equals_the_reference_pick_for_pick(badge: ModuleType, 
     p, h = _clustered(1500, seed=seed, shift=shift)
     h = h.astype(dtype)
     stats: dict[str, int] = {}
-    fast = badge.kmeanspp(p, h, 120, np.random.default_rng(seed), chunk_rows=256, stats=stats)
-    reference = badge.kmeanspp_reference(p, h, 120, np.random.default_rng(seed), chunk_rows=333)
+    fast = kmeanspp.kmeanspp(p, h, 120, np.random.default_rng(seed), chunk_rows=256, stats=stats)
+    reference = kmeanspp.kmeanspp_reference(p, h, 120, np.random.default_rng(seed), chunk_rows=333)
     assert fast.tolist() == reference.tolist()
     assert stats["distance_rows"] < 0.5 * 119 * 1500  # the pruning does prune
 
@@ -100,19 +101,19 @@ def _sparse(n: int, signed: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray
 @pytest.mark.parametrize("signed", [False, True])
 def test_lower_bounds_never_exceed_the_true_distance(badge: ModuleType, signed: bool) -> None:
     p, h = _sparse(240, signed)
-    pool = badge._prepare(p, h, chunk_rows=64)
+    pool = kmeanspp.prepare(p, h, chunk_rows=64)
     assert pool.probs_ok and pool.h_nonneg is not signed
     g = _gradient_embeddings(p, h)
     every = np.arange(len(p))
-    pruner = badge._Pruner(pool, np.zeros(len(p) + 1))
+    pruner = kmeanspp._Pruner(pool, np.zeros(len(p) + 1))
     tight = 0
     for c in range(len(p)):
-        centre = badge._centre(pool, c)
+        centre = kmeanspp._centre(pool, c)
         true = ((g - g[c]) ** 2).sum(axis=1)
-        lb = badge._lower_bound(pool, centre, badge._point_ranges(pool, every))
+        lb = kmeanspp._lower_bound(pool, centre, kmeanspp._point_ranges(pool, every))
         slack = 1e-9 * (pool.s + pool.s[c])
         assert (lb <= true + slack).all(), np.flatnonzero(lb > true + slack)[:5]
-        assert (badge._lower_bound(pool, centre, pruner.ranges)[pruner.block_of] <= lb + slack).all()
+        assert (kmeanspp._lower_bound(pool, centre, pruner.ranges)[pruner.block_of] <= lb + slack).all()
         tight += int((np.abs(lb - true) <= slack)[pool.y != pool.y[c]].sum())
     assert tight > 100  # the cross-class bound is attained, so any tightening would be caught
 
@@ -121,20 +122,20 @@ def test_pruned_points_could_not_have_come_closer(badge: ModuleType, monkeypatch
     # Stronger than equal picks: at every step, each skipped point's exact distance to the new
     # centre is >= its current minimum, so min() would have left it unchanged bit for bit.
     p, h = _clustered(800, seed=5)
-    survivors = badge._Pruner.survivors
+    survivors = kmeanspp._Pruner.survivors
     checked = []
 
     def checking(self: Any, c: Any) -> np.ndarray:
         rows = survivors(self, c)
         skipped = np.setdiff1d(np.arange(self.pool.size), rows)
-        d = badge._distances(self.pool, skipped, c, chunk_rows=128)
+        d = kmeanspp._distances(self.pool, skipped, c, chunk_rows=128)
         dmin = self.dmin_ext[skipped]
         assert (np.minimum(dmin, d) == dmin).all()
         checked.append(len(skipped))
         return rows
 
-    monkeypatch.setattr(badge._Pruner, "survivors", checking)
-    badge.kmeanspp(p, h, 80, np.random.default_rng(0), chunk_rows=100)
+    monkeypatch.setattr(kmeanspp._Pruner, "survivors", checking)
+    kmeanspp.kmeanspp(p, h, 80, np.random.default_rng(0), chunk_rows=100)
     assert len(checked) == 78 and sum(checked) > 0
 
 
@@ -180,21 +181,21 @@ def test_duplicates_of_a_picked_point_are_never_drawn(badge: ModuleType) -> None
 def test_float64_inputs_are_not_modified(badge: ModuleType) -> None:
     p, h = _clustered(300, seed=9)
     p64, h64 = p.astype(np.float64), h.astype(np.float64)
-    picks = badge.kmeanspp(p64, h64, 20, np.random.default_rng(0), chunk_rows=64)
+    picks = kmeanspp.kmeanspp(p64, h64, 20, np.random.default_rng(0), chunk_rows=64)
     assert np.array_equal(p64, p.astype(np.float64)) and np.array_equal(h64, h.astype(np.float64))
-    assert picks.tolist() == badge.kmeanspp_reference(p64, h64, 20, np.random.default_rng(0)).tolist()
+    assert picks.tolist() == kmeanspp.kmeanspp_reference(p64, h64, 20, np.random.default_rng(0)).tolist()
 
 
 def test_when_every_distance_is_zero_the_lowest_unpicked_indices_follow(badge: ModuleType) -> None:
     p = np.tile(np.float32([0.7, 0.2, 0.1]), (6, 1))
     h = np.ones((6, 4), dtype=np.float32)
-    fast = badge.kmeanspp(p, h, 4, np.random.default_rng(0))
-    assert fast.tolist() == [0, 1, 2, 3] == badge.kmeanspp_reference(p, h, 4, np.random.default_rng(0)).tolist()
+    fast = kmeanspp.kmeanspp(p, h, 4, np.random.default_rng(0))
+    assert fast.tolist() == [0, 1, 2, 3] == kmeanspp.kmeanspp_reference(p, h, 4, np.random.default_rng(0)).tolist()
 
 
 def test_draw_is_the_first_index_whose_running_sum_exceeds_u(badge: ModuleType) -> None:
     rng = np.random.default_rng(0)
-    sampler = badge._D2Sampler(10_000)
+    sampler = kmeanspp._D2Sampler(10_000)
     sampler.w[:10_000] = rng.exponential(size=10_000) * (rng.random(10_000) < 0.3)
     sampler.rebuild()
     picked = np.zeros(10_000, dtype=bool)
@@ -206,7 +207,7 @@ def test_draw_is_the_first_index_whose_running_sum_exceeds_u(badge: ModuleType) 
 
 
 def test_draws_follow_the_d2_distribution_and_updates_keep_the_sums_exact(badge: ModuleType) -> None:
-    sampler = badge._D2Sampler(5000)
+    sampler = kmeanspp._D2Sampler(5000)
     sampler.w[:5000] = 0.0
     sampler.w[[3, 100, 4999]] = [1.0, 3.0, 6.0]
     sampler.rebuild()
@@ -224,11 +225,11 @@ def test_h5py_inputs_give_the_same_picks_as_arrays(badge: ModuleType, tmp_path: 
     with h5py.File(tmp_path / "proxy.h5", "w") as f:
         f["p"], f["h"], f["h16"] = p, h, h.astype(np.float16)
     with h5py.File(tmp_path / "proxy.h5", "r") as f:
-        from_h5 = badge.kmeanspp(f["p"], f["h"], 40, np.random.default_rng(3), chunk_rows=128)
-        from_h5_16 = badge.kmeanspp(f["p"], f["h16"], 40, np.random.default_rng(3), chunk_rows=128)
+        from_h5 = kmeanspp.kmeanspp(f["p"], f["h"], 40, np.random.default_rng(3), chunk_rows=128)
+        from_h5_16 = kmeanspp.kmeanspp(f["p"], f["h16"], 40, np.random.default_rng(3), chunk_rows=128)
         selected, _ = get_strategy("badge").select(_state(f["p"], f["h"]), 40, np.random.default_rng(3))
-    assert from_h5.tolist() == selected.tolist() == badge.kmeanspp(p, h, 40, np.random.default_rng(3)).tolist()
-    assert from_h5_16.tolist() == badge.kmeanspp(p, h.astype(np.float16), 40, np.random.default_rng(3)).tolist()
+    assert from_h5.tolist() == selected.tolist() == kmeanspp.kmeanspp(p, h, 40, np.random.default_rng(3)).tolist()
+    assert from_h5_16.tolist() == kmeanspp.kmeanspp(p, h.astype(np.float16), 40, np.random.default_rng(3)).tolist()
 
 
 def test_budget_larger_than_the_unlabelled_pool_raises_config_error(badge: ModuleType) -> None:
@@ -260,8 +261,8 @@ def test_registered_under_badge_with_its_needs(badge: ModuleType) -> None:
 
 def test_approximate_mode_picks_only_candidates_and_is_seeded(badge: ModuleType) -> None:
     p, h = _clustered(2000, seed=9)
-    picks = badge.kmeanspp_approximate(p, h, 30, np.random.default_rng(4), candidates=300)
-    again = badge.kmeanspp_approximate(p, h, 30, np.random.default_rng(4), candidates=300)
+    picks = kmeanspp.kmeanspp_approximate(p, h, 30, np.random.default_rng(4), candidates=300)
+    again = kmeanspp.kmeanspp_approximate(p, h, 30, np.random.default_rng(4), candidates=300)
     assert picks.tolist() == again.tolist() and len(set(picks.tolist())) == 30
     # The candidates are the first draw of the rng: every pick is one of them.
     candidates = np.sort(np.random.default_rng(4).choice(2000, size=300, replace=False))
@@ -269,7 +270,7 @@ def test_approximate_mode_picks_only_candidates_and_is_seeded(badge: ModuleType)
     # Exact BADGE on those candidates alone picks the same rows.
     rng = np.random.default_rng(4)
     rng.choice(2000, size=300, replace=False)
-    assert picks.tolist() == candidates[badge.kmeanspp(p[candidates], h[candidates], 30, rng)].tolist()
+    assert picks.tolist() == candidates[kmeanspp.kmeanspp(p[candidates], h[candidates], 30, rng)].tolist()
 
 
 def test_projection_keeps_gradient_norms_close_and_runs_on_h5py(badge: ModuleType, tmp_path: Path) -> None:
@@ -277,8 +278,8 @@ def test_projection_keeps_gradient_norms_close_and_runs_on_h5py(badge: ModuleTyp
     with h5py.File(tmp_path / "proxy.h5", "w") as f:
         f["p"], f["h"] = p, h
     with h5py.File(tmp_path / "proxy.h5", "r") as f:
-        picks = badge.kmeanspp_approximate(f["p"], f["h"], 20, np.random.default_rng(5), projection_dim=64)
-    assert picks.tolist() == badge.kmeanspp_approximate(p, h, 20, np.random.default_rng(5), projection_dim=64).tolist()
+        picks = kmeanspp.kmeanspp_approximate(f["p"], f["h"], 20, np.random.default_rng(5), projection_dim=64)
+    assert picks.tolist() == kmeanspp.kmeanspp_approximate(p, h, 20, np.random.default_rng(5), projection_dim=64).tolist()
     projection = np.random.default_rng(5).standard_normal((256, 64)) / 8.0
     ratio = np.linalg.norm(h @ projection, axis=1) / np.linalg.norm(h, axis=1)
     assert np.all(np.abs(ratio - 1.0) < 0.5) and abs(np.median(ratio) - 1.0) < 0.1  # Johnson-Lindenstrauss, 64 dims
@@ -288,7 +289,7 @@ def test_strategy_options_select_the_approximate_mode_and_bad_ones_are_config_er
     p, h = _clustered(500, seed=11)
     unlabelled = np.arange(100, 600, dtype=np.int64)
     selected, scores = get_strategy("badge", {"candidates": 80}).select(_state(p, h, unlabelled), 10, np.random.default_rng(6))
-    expected = badge.kmeanspp_approximate(p, h, 10, np.random.default_rng(6), candidates=80)
+    expected = kmeanspp.kmeanspp_approximate(p, h, 10, np.random.default_rng(6), candidates=80)
     assert selected.tolist() == (unlabelled[expected]).tolist() and scores.shape == (500,)
     with pytest.raises(ConfigError, match="candidates .* at least the round budget"):
         get_strategy("badge", {"candidates": 5}).select(_state(p, h, unlabelled), 10, np.random.default_rng(6))
@@ -320,8 +321,8 @@ def test_picks_cover_a_clustered_pool_as_plain_kmeanspp_does_and_better_than_uni
         return np.asarray(picks)
 
     k, seeds = 80, range(6)
-    ours = np.mean([_kmeans_cost(g, badge.kmeanspp(p, h, k, np.random.default_rng(s))) for s in seeds])
-    approximate = np.mean([_kmeans_cost(g, badge.kmeanspp_approximate(p, h, k, np.random.default_rng(s), candidates=600))
+    ours = np.mean([_kmeans_cost(g, kmeanspp.kmeanspp(p, h, k, np.random.default_rng(s))) for s in seeds])
+    approximate = np.mean([_kmeans_cost(g, kmeanspp.kmeanspp_approximate(p, h, k, np.random.default_rng(s), candidates=600))
                            for s in seeds])
     plain = np.mean([_kmeans_cost(g, plain_kmeanspp(k, np.random.default_rng(100 + s))) for s in seeds])
     uniform = np.mean([_kmeans_cost(g, np.random.default_rng(200 + s).choice(len(g), k, replace=False)) for s in seeds])
