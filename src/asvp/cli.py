@@ -63,6 +63,7 @@ COMMANDS: dict[str, Command] = {
     # for people, not rules
     "validate-config": Command("asvp.config:validated_json", "validate_config"),
     "advise": Command("asvp.advisor:advise", "advise"),
+    "example-images": Command("asvp.data.example:write_example_images", "example_images"),
 }
 
 
