@@ -313,3 +313,19 @@ def test_live_rounds_go_through_a_real_label_studio(server, real_fashion_mnist: 
     assert len(round1) == 20 and all(t.data["asvp_request"].endswith("round001") for t in round1)
     guesses = json.loads((run / "round001" / label_studio.TASKS_FILE).read_text())
     assert all(0 < t["predictions"][0]["score"] <= 1 for t in guesses)
+
+
+def test_a_project_with_other_classes_is_refused(server, monkeypatch: pytest.MonkeyPatch) -> None:
+    from label_studio_sdk.client import LabelStudio
+
+    url, _ = server
+    LabelStudio(base_url=url, api_key=TOKEN).projects.create(title="other classes",
+                                                              label_config=label_studio.labelling_config(["cat", "dog"]))
+    monkeypatch.setenv("ASVP_TEST_LS_TOKEN", TOKEN)
+    settings = {"url": url, "project": "other classes", "token_env": "ASVP_TEST_LS_TOKEN", "document_root": "."}
+    with pytest.raises(ConfigError, match=r"'other classes' \(id \d+\) labels the classes \['cat', 'dog'\] where the "
+                                          r"dataset has \['T-shirt/top'"):
+        label_studio.find_project(label_studio.connect(settings), settings, CLASSES, create=True)
+    fresh = {**settings, "project": "a new title"}
+    created = label_studio.find_project(label_studio.connect(settings), fresh, CLASSES, create=True)
+    assert label_studio.find_project(label_studio.connect(settings), fresh, CLASSES, create=False) == created

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import xml.etree.ElementTree as ElementTree
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,6 @@ def labelling_config(classes: Sequence[str]) -> str:
 
 def config_classes(label_config: str) -> list[str] | None:
     """The class names of a labelling config's Choices control, or None if it has none."""
-    import xml.etree.ElementTree as ElementTree
-
     try:
         root = ElementTree.fromstring(label_config)
     except ElementTree.ParseError:
