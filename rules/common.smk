@@ -101,7 +101,8 @@ def selection_logs(round_folder, name="select"):
 
 
 def answers_of(wildcards):
-    """A person's answers for the job's round: the file or folder there is, else the expected file."""
+    """A person's answers for the job's round: the CSV file, Label Studio export or folder there
+    is (live Label Studio rounds are pulled into the export at planning), else the expected file."""
     folder = PLAN.run_dir(wildcards.method, wildcards.strategy, wildcards.seed)
     return str(answered(folder, int(wildcards.r)) or answers_path(folder, int(wildcards.r)))
 

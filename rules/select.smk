@@ -200,14 +200,17 @@ rule select_model:
 
 
 rule request_labels:
-    # People label: what a person must label this round; the run stops here until answered.
+    # People label: what a person must label this round (also as Label Studio import files; with
+    # oracle: label_studio, sent to the server); the run stops here until answered.
     input:
         unpack(request_inputs),
     output:
         request=f"{ROUND}/to_label.csv",
         sheet=f"{ROUND}/to_label.png",
+        label_studio_tasks=f"{ROUND}/label_studio_tasks.json",
+        label_studio_config=f"{ROUND}/label_studio_config.xml",
     params:
-        cfg=params("data"),
+        cfg=params("data", "oracle", "label_studio"),
         proxy=lambda w, input: f"--proxy-weights {input.weights} --features {input.features}" if "weights" in input.keys() else "",
     threads: 1
     resources:
@@ -224,8 +227,9 @@ rule request_labels:
 
 
 rule label:
-    # People label (oracle: human): their answers become the round's labels. With the simulated
-    # oracle the selection job labels, and this rule matches no method.
+    # People label (oracle: human or label_studio): their answers (a CSV file, a Label Studio
+    # export, pulled at planning in live mode, or folders) become the round's labels. With the
+    # simulated oracle the selection job labels, and this rule matches no method.
     wildcard_constraints:
         method=one_of(config["methods"] if HUMAN_ORACLE else ()),
     input:

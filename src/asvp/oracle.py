@@ -4,10 +4,11 @@ With `oracle: human` a round stops after its selection: `request_labels` writes
 `round{r}/to_label.csv` (pool index, sample id, image path, the selection model's predicted
 class as a hint) and `round{r}/to_label.png` (a contact sheet of the images with their ids),
 and the workflow ends cleanly. A person answers in `labels/round{r}.csv` under the run folder
-(columns `sample_id,class`, class *names*), or as a folder `labels/round{r}/<class name>/`
-holding the images (copies or symlinks, matched by file name; a '/' in a class name is '_' in
-its folder name). The next `snakemake` call sees the
-answers and continues from that round.
+(columns `sample_id,class`, class *names*), as Label Studio's JSON export `labels/round{r}.json`
+(asvp.label_studio: the request also writes its import files), or as a folder
+`labels/round{r}/<class name>/` holding the images (copies or symlinks, matched by file name; a
+'/' in a class name is '_' in its folder name). The next `snakemake` call sees the answers and
+continues from that round.
 
 Answers are validated completely before anything of the round is written: an empty file, a
 wrong encoding or delimiter, a missing column, an unknown id or class name, a duplicate or a
@@ -50,9 +51,15 @@ def answers_folder(run_dir: str | Path, round_index: int) -> Path:
     return Path(run_dir) / "labels" / f"round{round_index:03d}"
 
 
+def export_path(run_dir: str | Path, round_index: int) -> Path:
+    """Where Label Studio's JSON export of round r goes (dropped by a person or pulled live)."""
+    return answers_path(run_dir, round_index).with_suffix(".json")
+
+
 def answered(run_dir: str | Path, round_index: int) -> Path | None:
-    """The answers of round r if a person has given them (file first, then folder), else None."""
-    for path in (answers_path(run_dir, round_index), answers_folder(run_dir, round_index)):
+    """The answers of round r if a person has given them (CSV, Label Studio export, folder), else None."""
+    for path in (answers_path(run_dir, round_index), export_path(run_dir, round_index),
+                 answers_folder(run_dir, round_index)):
         if path.is_file() or (path.is_dir() and any(path.iterdir())):
             return path
     return None
@@ -133,10 +140,15 @@ def read_request(path: str | Path) -> pd.DataFrame:
 
 def read_answers(path: str | Path, request: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
     """(k,) int64 class indices of the requested images in to_label.csv order, from a person's
-    answers (a CSV file or a folder per class); DataError naming the file, line and fix."""
+    answers (a CSV file, a Label Studio JSON export or a folder per class); DataError naming the
+    file, line and fix."""
     path = Path(path)
     if path.is_dir():
         return _match(path, _folder_answers(path, request), request, classes, folder_names=True)
+    if path.suffix == ".json":
+        from asvp.label_studio import export_answers, pushed_project
+
+        return _match(path, export_answers(path, pushed_project(path)), request, classes)
     return _match(path, _csv_answers(path), request, classes)
 
 

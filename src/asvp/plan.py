@@ -11,6 +11,7 @@ import json
 import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from asvp import methods
@@ -124,7 +125,9 @@ class Plan:
         self.n_rounds = len(self.budgets)
         self.eval_rounds = evaluation_rounds(self.budgets, config["evaluation"]["at"])
         self.labels_after = cumulative_labels(self.budgets)
-        self.human_oracle = config["oracle"] == "human"
+        # People label (by files or in Label Studio): selection and labelling are separate jobs.
+        self.human_oracle = config["oracle"] in ("human", "label_studio")
+        self._pulled: set[tuple[str, int]] = set()
 
     def describe(self) -> str:
         """The evaluation points, as the run prints them at start-up."""
@@ -151,9 +154,25 @@ class Plan:
         if not self.human_oracle:
             return rounds
         for k, r in enumerate(rounds):
+            self._pull_label_studio(self.run_dir(method, strategy, seed), r)
             if answered(self.run_dir(method, strategy, seed), r) is None:
                 return rounds[:k]
         return rounds
+
+    def _pull_label_studio(self, run_dir: str, r: int) -> None:
+        """With `oracle: label_studio`, fetch a pushed round's annotations into labels/round{r}.json
+        (once per planning), until the round is labelled: a correction made in Label Studio
+        after a refused export reaches the next run."""
+        from asvp import label_studio
+        from asvp.oracle import answers_folder, answers_path, export_path
+
+        pushed = Path(run_dir) / f"round{r:03d}" / label_studio.PUSHED_FILE
+        if (self.config["oracle"] != "label_studio" or (run_dir, r) in self._pulled or not pushed.is_file()
+                or (Path(run_dir) / f"round{r:03d}" / "labelled.csv").is_file()
+                or answers_path(run_dir, r).is_file() or answers_folder(run_dir, r).is_dir()):
+            return
+        self._pulled.add((run_dir, r))
+        label_studio.pull_round(self.config["label_studio"], run_dir, r, export_path(run_dir, r))
 
     def pending_requests(self) -> list[tuple[str, int]]:
         """(run folder, round) of every run waiting for a person's answers."""

@@ -203,32 +203,46 @@ def select_model(query: Query, model: str, config: dict[str, Any]) -> None:
 
 def request_labels(config: dict[str, Any], selected: str, pool: str, dataset_json: str, out: str, sheet: str,
                    proxy_weights: str | None = None, features: str | None = None) -> None:
-    """Human oracle: write to_label.csv and its contact sheet for the round's selection; the
-    proxy's predicted class is the hint when the round selected with a proxy (torch-free)."""
+    """Human oracle: write to_label.csv, its contact sheet and the Label Studio import files for
+    the round's selection (torch-free); with `oracle: label_studio` also send the tasks to the
+    server. The proxy's predicted class (and its probability) is the hint when the round
+    selected with a proxy."""
+    from asvp import label_studio
     from asvp.atomic import read_json
     from asvp.data.sources import open_source
-    from asvp.oracle import answers_path, write_request
+    from asvp.oracle import answers_path, export_path, write_request
 
     table = read_split_table(pool)
     chosen = read_selected(selected, len(table))
     classes = read_json(dataset_json)["classes"]
-    predicted = None
+    predicted, confidence = None, None
     if proxy_weights is not None and features is not None:
         from asvp import features as feature_store
         from asvp.proxy_scoring import INFERENCE_BATCH_SIZE, load_weights, proxy_chunks
 
         rows = chosen["pool_index"].to_numpy(np.int64)
-        predicted = np.empty(len(rows), dtype=np.int64)
+        predicted, confidence = np.empty(len(rows), dtype=np.int64), np.empty(len(rows), dtype=np.float64)
         with feature_store.open_features(features) as handle:
             for start, probabilities, _ in proxy_chunks(load_weights(proxy_weights), handle["pool/features"], rows,
                                                         INFERENCE_BATCH_SIZE):
                 predicted[start : start + len(probabilities)] = probabilities.argmax(axis=1)
+                confidence[start : start + len(probabilities)] = probabilities.max(axis=1)
     source = open_source(config["data"]["dataset"], config["data"]["root"], "train")
-    write_request(chosen, table, source, classes, predicted, out, sheet)
-    run_dir = Path(out).parent.parent
-    round_index = int(Path(out).parent.name.removeprefix("round"))
+    request = write_request(chosen, table, source, classes, predicted, out, sheet)
+    settings = config["label_studio"]
+    round_dir = Path(out).parent
+    tasks = label_studio.write_files(request, classes, confidence, round_dir,
+                                     label_studio.document_root(settings["document_root"]))
+    run_dir, round_index = round_dir.parent, int(round_dir.name.removeprefix("round"))
+    if config["oracle"] == "label_studio":
+        record = label_studio.push_round(settings, round_dir, tasks, classes, request["image_path"].tolist())
+        print(f"{len(chosen)} images sent to Label Studio ({settings['url']}, project {record['project']}); annotate "
+              "them there and rerun.")
+        return
     print(f"{len(chosen)} images to label: {out} lists them, {sheet} shows them. "
-          f"Write {answers_path(run_dir, round_index)} (sample_id,class) and rerun.")
+          f"Write {answers_path(run_dir, round_index)} (sample_id,class) and rerun, or import "
+          f"{round_dir / label_studio.TASKS_FILE} into Label Studio and save its JSON export as "
+          f"{export_path(run_dir, round_index)}.")
 
 
 def label(selected: str, pool: str, round: int, out: str, previous: str | None = None, dataset_json: str | None = None,
