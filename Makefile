@@ -8,8 +8,8 @@ run:  ## set up, then run the default experiment (workflow_config.yaml) into res
 	bash scripts/bootstrap.sh
 	$(VENV)/bin/snakemake --cores $(CORES)
 
-test:  ## set up, then run the test suite
-	bash scripts/bootstrap.sh
+test:  ## set up (with the Label Studio server the live tests start), then run the test suite
+	bash scripts/bootstrap.sh --label-studio-server
 	$(VENV)/bin/python -m pytest
 
 dry-run:  ## show what `make run` would do

@@ -38,17 +38,19 @@ EOF
     echo "$fingerprint" > "$stamp"
 fi
 
-# --- The Label Studio server, for the live tests: a venv of its own ---------------------------
+# --- The Label Studio server (--label-studio-server: the tests' live runs), a venv of its own ---
 # label-studio pins Django, pytz<2023, pyarrow 24, redis, rq, openai<2 that clash with ours;
-# sentry-sdk 3 crashes its start, hence <3.
-ls_fingerprint=$(echo "$LABEL_STUDIO_PINS" | sha256sum | cut -c1-16)
-ls_stamp="$LABEL_STUDIO_VENV/.asvp-bootstrap"
-if [ ! -f "$ls_stamp" ] || [ "$(cat "$ls_stamp")" != "$ls_fingerprint" ]; then
-    echo "bootstrap: setting up $LABEL_STUDIO_VENV (the Label Studio server; about a minute)" >&2
-    [ -x "$LABEL_STUDIO_VENV/bin/python" ] || "$PYTHON" -m venv "$LABEL_STUDIO_VENV"
-    "$LABEL_STUDIO_VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$LABEL_STUDIO_VENV/bin/python" -m pip install -q $LABEL_STUDIO_PINS
-    echo "$ls_fingerprint" > "$ls_stamp"
+# sentry-sdk 3 crashes its start, hence <3. `make run` does not need it.
+if [ "${1:-}" = "--label-studio-server" ]; then
+    ls_fingerprint=$(echo "$LABEL_STUDIO_PINS" | sha256sum | cut -c1-16)
+    ls_stamp="$LABEL_STUDIO_VENV/.asvp-bootstrap"
+    if [ ! -f "$ls_stamp" ] || [ "$(cat "$ls_stamp")" != "$ls_fingerprint" ]; then
+        echo "bootstrap: setting up $LABEL_STUDIO_VENV (the Label Studio server; about a minute)" >&2
+        [ -x "$LABEL_STUDIO_VENV/bin/python" ] || "$PYTHON" -m venv "$LABEL_STUDIO_VENV"
+        "$LABEL_STUDIO_VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+        "$LABEL_STUDIO_VENV/bin/python" -m pip install -q $LABEL_STUDIO_PINS
+        echo "$ls_fingerprint" > "$ls_stamp"
+    fi
 fi
 
 # --- Default data: Fashion-MNIST from Debian's dataset-fashion-mnist -----------------------

@@ -1,7 +1,7 @@
 """Label Studio as the oracle: its import files and exports as answers, then a real server.
 
-The live tests start the real `label-studio` server from its own venv (scripts/bootstrap.sh
-makes it; the tests fail, not skip, without it) on a free loopback port, offline, with its home
+The live tests start the real `label-studio` server from its own venv (`scripts/bootstrap.sh
+--label-studio-server`, which `make test` runs, makes it; the tests fail, not skip, without it) on a free loopback port, offline, with its home
 and data in a temporary folder; nothing of Label Studio is mocked.
 """
 
@@ -206,7 +206,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     """A real Label Studio server on a free loopback port; (url, document root). Stopped at the end."""
     binary = SERVER_VENV / "bin/label-studio"
     if not binary.is_file():
-        pytest.fail(f"the Label Studio server is not installed at {SERVER_VENV}: run scripts/bootstrap.sh "
+        pytest.fail(f"the Label Studio server is not installed at {SERVER_VENV}: run scripts/bootstrap.sh --label-studio-server "
                     f"(or python3 -m venv {SERVER_VENV} && {SERVER_VENV}/bin/pip install "
                     f"label-studio=={SERVER_VERSION} 'sentry-sdk<3')")
     scratch = tmp_path_factory.mktemp("label-studio")
