@@ -1,8 +1,9 @@
 """Label Studio as the oracle: its import files and exports as answers, then a real server.
 
-The live tests start the real `label-studio` server from its own venv (`scripts/bootstrap.sh
---label-studio-server`, which `make test` runs, makes it; the tests fail, not skip, without it) on a free loopback port, offline, with its home
-and data in a temporary folder; nothing of Label Studio is mocked.
+The live tests start the real `label-studio` server from its own venv (made by
+`scripts/bootstrap.sh --label-studio-server`, which `make test` runs; the tests fail, not skip,
+without it) on a free loopback port, offline, with its home and data in a temporary folder;
+nothing of Label Studio is mocked.
 """
 
 from __future__ import annotations
