@@ -1,6 +1,6 @@
 """Datasets as image sources, plus the transforms and torch Datasets that feed the backbones.
 
-`open_source(name, root, split)` is the single entry point; see `sources.py` for the layouts.
+`open_data(data_config, split)` is the single entry point (`open_source` for the named datasets); see `sources.py` for the layouts.
 `make_dataset` picks the in-memory tensor path (`tensor_dataset.py`) where it applies.
 """
 
@@ -12,6 +12,7 @@ from asvp.data.sources import (
     ArraySource,
     FileSource,
     ImageSource,
+    open_data,
     open_source,
     read_image,
 )
@@ -23,7 +24,7 @@ def dataset_for(data_config: dict, split: str, source_indices, train_mode: bool)
     """The images of `split` ("pool" reads the train split, "test" the test split) at these source
     indices, as the backbone sees them: augmented for training, centre-cropped otherwise.
     In-memory datasets decode once and augment whole batches (`make_dataset`)."""
-    source = open_source(data_config["dataset"], data_config["root"], "train" if split == "pool" else "test")
+    source = open_data(data_config, "train" if split == "pool" else "test")
     return make_dataset(source, source_indices, train_mode, data_config["resolution"], data_config["resize"])
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "build_transform",
     "dataset_for",
     "make_dataset",
+    "open_data",
     "open_source",
     "read_idx",
     "read_image",
