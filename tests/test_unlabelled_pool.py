@@ -306,3 +306,60 @@ def test_a_random_cold_start_leaves_every_existing_job_unchanged() -> None:
     assert plan.round0_picker(config, "margin") is None and plan.round0_picker(config, "activeft") == "activeft"
     assert {"glob", "images", "classes", "test", "initial_labels"}.isdisjoint(plan.params_excerpt(config, "data")["data"])
     assert listing_fingerprint(config["data"]) == ""
+
+
+def test_round_0_from_initial_labels_imports_no_torch(tmp_path: Path) -> None:
+    from test_cheap_jobs import asvp, assert_torch_free
+
+    root = own_images(tmp_path, 6)
+    known = tmp_path / "known.csv"
+    known.write_text("sample_id,class\na/img01.png,dog\n")
+    config = config_for(root, initial_labels=str(known), schedule={"budgets": [1]})
+    files = pool_files(tmp_path, config)
+    assert_torch_free(asvp(tmp_path, "initial-labels", "--config-json", json.dumps(plan.params_excerpt(config, "data")),
+                           "--labels", str(known), "--pool", str(files["pool"]), "--dataset-json", str(files["info"]),
+                           "--selected-out", "s.csv", "--scores-out", "s.npy", "--labelled-out", "l.csv"))
+    assert pd.read_csv(tmp_path / "l.csv")["class_name"].tolist() == ["dog"]
+
+
+@pytest.mark.workflow
+def test_a_workflow_on_own_images_starts_from_the_labels_given(tmp_path: Path) -> None:
+    """30 own images, 6 labels given, people label round 1: the DAG runs round 0 and 1 without
+    any answer for round 0 and without a test set (evaluation is not asked for here)."""
+    from test_workflow import snakemake
+
+    def run_until(target: str) -> Any:
+        return snakemake(tmp_path, "--printshellcmds", target, configfiles=(config,))
+
+    root = own_images(tmp_path)
+    known = tmp_path / "known.csv"
+    known.write_text("sample_id,class\n" + "".join(f"a/img{k:02d}.png,{CLASSES[k % 3]}\n" for k in range(6)))
+    config = tmp_path / "own.yaml"
+    config.write_text(json.dumps({
+        "experiment": "own", "seeds": [0], "methods": ["svpp"], "strategies": ["margin"], "device": "cpu",
+        "oracle": "human", "backbone": {"checkpoint": None},
+        "data": {"dataset": "unlabelled", "root": str(root), "classes": CLASSES, "initial_labels": str(known)},
+        "features": {"batch_size": 16}, "schedule": {"budgets": [6, 5]}, "proxy": {"epochs": 2},
+        "evaluation": {"at": [11]},
+    }))
+    run = tmp_path / "results/own/svpp/margin/seed0"
+    request = "results/own/svpp/margin/seed0/round001/to_label.csv"
+    first = run_until(request)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-4000:]
+    labelled = pd.read_csv(run / "round000/labelled.csv")
+    assert labelled["sample_id"].tolist() == [f"a/img{k:02d}.png" for k in range(6)]
+    asked = pd.read_csv(run / request.split("seed0/")[1], dtype={"sample_id": str})
+    assert len(asked) == 5 and not set(asked["sample_id"]) & set(labelled["sample_id"])
+
+    (run / "labels").mkdir()
+    (run / "labels/round001.csv").write_text("sample_id,class\n" + "".join(f"{s},bird\n" for s in asked["sample_id"]))
+    second = run_until("results/own/svpp/margin/seed0/round001/labelled.csv")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-4000:]
+    grown = pd.read_csv(run / "round001/labelled.csv")
+    assert len(grown) == 11 and grown["class_name"].tolist()[6:] == ["bird"] * 5
+    assert not (run / "round000/to_label.csv").exists()
+
+    write_images(root, ["c/new.png"], seed=2)  # the folder grows: define_pool's listing param changes
+    grown_run = snakemake(tmp_path, "--dry-run", "results/own/svpp/margin/seed0/round001/labelled.csv",
+                          configfiles=(config,))
+    assert grown_run.returncode == 0 and "define_pool" in grown_run.stdout, grown_run.stdout[-3000:]
