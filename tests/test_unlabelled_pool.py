@@ -363,3 +363,18 @@ def test_a_workflow_on_own_images_starts_from_the_labels_given(tmp_path: Path) -
     grown_run = snakemake(tmp_path, "--dry-run", "results/own/svpp/margin/seed0/round001/labelled.csv",
                           configfiles=(config,))
     assert grown_run.returncode == 0 and "define_pool" in grown_run.stdout, grown_run.stdout[-3000:]
+
+
+@pytest.mark.workflow
+def test_a_cold_start_on_the_features_is_round_0_of_every_strategy(tmp_path: Path) -> None:
+    from test_workflow import TINY, planned_jobs, snakemake
+
+    override = tmp_path / "cold.yaml"
+    override.write_text("methods: [svpp, random]\nstrategies: [margin, activeft]\nschedule:\n  cold_start: coreset\n")
+    planned = snakemake(tmp_path, "--dry-run", "--printshellcmds", configfiles=(TINY, override))
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    round0 = {(job["method"], job["strategy"]): rule for rule, job in planned_jobs(planned.stdout)
+              if rule in ("select_initial", "select_cold_start") or rule == "select_single_shot" and job["r"] == "000"}
+    assert round0 == {("svpp", "margin"): "select_cold_start", ("svpp", "activeft"): "select_cold_start",
+                      ("random", "random"): "select_cold_start"}
+    assert '"schedule": {"cold_start": "coreset"}' in planned.stdout
