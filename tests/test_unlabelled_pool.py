@@ -378,3 +378,29 @@ def test_a_cold_start_on_the_features_is_round_0_of_every_strategy(tmp_path: Pat
     assert round0 == {("svpp", "margin"): "select_cold_start", ("svpp", "activeft"): "select_cold_start",
                       ("random", "random"): "select_cold_start"}
     assert '"schedule": {"cold_start": "coreset"}' in planned.stdout
+
+
+def test_a_grown_pool_extracts_only_its_new_images(tmp_path: Path, default_weights: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    root = own_images(tmp_path, 10)
+    config = config_for(root)
+    config["backbone"]["checkpoint"] = str(default_weights)
+    files = pool_files(tmp_path, config)
+    out = tmp_path / "features" / "pretrained.h5"
+    extract(config, str(files["pool"]), str(files["test"]), str(out))
+    with h5py.File(out, "r") as handle:
+        before = handle["pool/features"][:]
+
+    write_images(root, ["a/aaa.png", "c/new.png"], seed=1)
+    for stale in (files["pool"], out):  # Snakemake deletes a rerun job's outputs first
+        stale.unlink()
+    files = pool_files(tmp_path, config)
+    capsys.readouterr()
+    extract(config, str(files["pool"]), str(files["test"]), str(out))
+    assert "pool features: 10 rows copied from the previous extraction" in capsys.readouterr().out
+    fresh = tmp_path / "fresh.h5"
+    extract(config, str(files["pool"]), str(files["test"]), str(fresh))
+    with h5py.File(out, "r") as grown, h5py.File(fresh, "r") as whole:
+        assert grown["pool/sample_ids"].asstr()[:].tolist()[10:] == ["a/aaa.png", "c/new.png"]
+        np.testing.assert_array_equal(grown["pool/features"][:10], before)
+        np.testing.assert_allclose(grown["pool/features"][:], whole["pool/features"][:], atol=1e-4)

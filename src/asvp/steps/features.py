@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,7 @@ def extract(config: dict[str, Any], pool: str, test: str, out: str, model: str |
 
     from asvp import extraction
     from asvp.backbones import file_sha256, pretrained_backbone
+    from asvp.data.unlabelled import UNLABELLED
     from asvp.data import build_transform, dataset_for
     from asvp.device import job_processes, resolve_device
     from asvp.training import classifier_from
@@ -153,6 +155,13 @@ def extract(config: dict[str, Any], pool: str, test: str, out: str, model: str |
         "transform": repr(build_transform(False, data["resolution"], resize=data["resize"])),
         "num_classes": num_classes,
     }
+    incremental = model is None and data["dataset"] == UNLABELLED
+    if incremental and kept_features_path(out).is_file():
+        copied = extraction.seed_from_previous(
+            kept_features_path(out), out, splits["pool"], attrs=attrs, dtype=config["features"]["dtype"],
+            batch_size=config["features"]["batch_size"], feature_dim=int(backbone.feature_dim))
+        print(f"pool features: {copied} rows copied from the previous extraction ({kept_features_path(out)}), "
+              f"{len(splits['pool'].sample_ids) - copied} to extract")
     extraction.extract_features(
         backbone,
         splits,
@@ -165,6 +174,27 @@ def extract(config: dict[str, Any], pool: str, test: str, out: str, model: str |
         crash_name="extract_chunk" if model is None else "refresh_chunk",
         world_size=job_processes(config["device"], gpus),
     )
+    if incremental:
+        keep_features(out)
+
+
+def kept_features_path(out: str | Path) -> Path:
+    """A second name (hard link) of the last pre-trained features of your own images: Snakemake
+    deletes features/pretrained.h5 before extracting a grown pool, and its rows are still good."""
+    return Path(out).with_name(Path(out).stem + ".kept.h5")
+
+
+def keep_features(out: str | Path) -> None:
+    """Point kept_features_path(out) at `out` (a hard link: no second copy on disk)."""
+    kept = kept_features_path(out)
+    tmp = kept.with_name(kept.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(out, tmp)
+    except OSError as error:  # a file system without hard links: the next growth extracts everything
+        print(f"note: cannot keep {out} for a later growth of the pool ({error}); it will be extracted in full")
+        return
+    os.replace(tmp, kept)
 
 
 def check_listing(table: Any, source: Any, csv: str) -> None:
