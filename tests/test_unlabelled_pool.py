@@ -86,10 +86,18 @@ def test_a_glob_narrows_the_pool_and_a_list_file_names_it(tmp_path: Path) -> Non
     pool = read_split_table(pool_files(tmp_path / "list", config_for(root, images=str(listing)))["pool"])
     assert pool["sample_id"].tolist() == ["a/img00.png", "a/img01.png", "b/img03.png"]
 
+    write_images(root, ["c/with, comma.png"])
     table = tmp_path / "list.csv"  # a CSV with a path column, relative to its own folder without data.root
-    table.write_text("path,note\nphotos/a/img02.png,x\nphotos/b/img02.png,y\n")
-    pool = read_split_table(pool_files(tmp_path / "csv", config_for(None, images=str(table)))["pool"])
-    assert pool["sample_id"].tolist() == ["photos/a/img02.png", "photos/b/img02.png"]
+    table.write_text('note,path\nx,photos/b/img02.png\ny,"photos/c/with, comma.png"\n')
+    (tmp_path / "known.csv").write_text('path,class\n"photos/c/with, comma.png",dog\n')
+    config = config_for(None, images=str(table), initial_labels=str(tmp_path / "known.csv"), schedule={"budgets": [1]})
+    files = pool_files(tmp_path / "csv", config)
+    pool = read_split_table(files["pool"])
+    assert pool["sample_id"].tolist() == ["photos/b/img02.png", "photos/c/with, comma.png"]
+    out = tmp_path / "csv" / "round000"  # labels given by path, relative to the same folder as the list's
+    initial_labels(config, str(tmp_path / "known.csv"), str(files["pool"]), str(files["info"]), str(out / "s.csv"),
+                   str(out / "s.npy"), str(out / "l.csv"))
+    assert pd.read_csv(out / "l.csv")["pool_index"].tolist() == [1]
 
 
 @pytest.mark.parametrize("case, message", [

@@ -17,6 +17,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -64,6 +65,13 @@ def read_classes(value: str | Sequence[str] | None) -> list[str]:
     return names
 
 
+def pool_root(data: Mapping[str, Any]) -> Path | None:
+    """The folder sample ids are relative to: your images' root, else data.root (None: unset)."""
+    if data.get("dataset") == UNLABELLED:
+        return _root(data)
+    return Path(data["root"]).expanduser() if data.get("root") else None
+
+
 def _root(data: Mapping[str, Any]) -> Path:
     if data.get("images") and not data.get("root"):
         return Path(data["images"]).expanduser().resolve().parent
@@ -89,10 +97,13 @@ def _listed(list_file: Path, root: Path) -> list[str]:
         raise DataError(f"image list {list_file} (data.images) does not exist; set data.images to a file listing "
                         "your images, or unset it to search data.root with data.glob")
     lines = list_file.read_text(encoding="utf-8-sig").splitlines()
-    header = [field.strip().lower() for field in lines[0].split(",")] if lines else []
-    column = header.index("path") if "path" in header else None
-    entries = [(number, line.split(",")[column].strip() if column is not None else line.strip())
-               for number, line in enumerate(lines, start=1) if line.strip() and (column is None or number > 1)]
+    header = next(csv.reader(lines[:1]), [])
+    column = [field.strip().lower() for field in header].index("path") if "path" in map(str.lower, header) else None
+    if column is None:  # a text file: one path a line
+        entries = [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
+    else:  # a CSV file: the path column, quoted names with commas allowed
+        entries = [(number, fields[column].strip()) for number, fields in enumerate(csv.reader(lines), start=1)
+                   if number > 1 and len(fields) > column and fields[column].strip()]
     if not entries:
         raise DataError(f"image list {list_file} (data.images) names no image; list one image path per line")
     ids: dict[str, int] = {}
@@ -119,7 +130,7 @@ def list_pool(data: Mapping[str, Any]) -> tuple[Path, list[str]]:
     pattern = data.get("glob") or "**/*"
     try:
         ids = sorted(_sample_id(p, root) for p in root.glob(pattern) if p.is_file() and is_image(p))
-    except ValueError as error:  # an absolute or malformed pattern
+    except (ValueError, NotImplementedError) as error:  # an absolute or malformed pattern
         raise ConfigError(f"data.glob {pattern!r}: {error}; give a pattern relative to data.root, e.g. **/*") from None
     if not ids:
         raise DataError(f"no image files under {root} match data.glob {pattern!r} (image files end in "
@@ -185,7 +196,7 @@ def _test_source(data: Mapping[str, Any], classes: list[str]) -> FileSource:
         if not (path if path.is_absolute() else test.parent / path).is_file():
             raise DataError(f"{test}, line {number}: image {sample_id} does not exist (paths are relative to the CSV "
                             "file's folder); fix the path or remove the line")
-    labels = match_classes(test, rows, ids, classes, unknown_id="is listed twice")
+    labels = match_classes(test, rows, ids, classes)
     return FileSource(UNLABELLED, "test", test.parent, [test.parent / Path(i).expanduser() for i in ids], labels, classes)
 
 

@@ -82,13 +82,12 @@ def initial_labels(config: dict[str, Any], labels: str, pool: str, dataset_json:
     in the file's order, labelled.csv holds their classes; no oracle is asked. Validated in full
     (as a person's answers) before anything is written."""
     from asvp.atomic import read_json
-    from asvp.data.unlabelled import read_initial_labels
+    from asvp.data.unlabelled import pool_root, read_initial_labels
     from asvp.pool import label_selection
 
     table = read_split_table(pool)
     classes = read_json(dataset_json)["classes"]
-    root = Path(config["data"]["root"]).expanduser() if config["data"]["root"] else None
-    rows, labels = read_initial_labels(labels, table["sample_id"].tolist(), root, classes)
+    rows, labels = read_initial_labels(labels, table["sample_id"].tolist(), pool_root(config["data"]), classes)
     given = table.copy()
     truth = given["label"].to_numpy(np.int64).copy()
     truth[rows] = labels
