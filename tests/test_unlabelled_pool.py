@@ -412,3 +412,19 @@ def test_a_grown_pool_extracts_only_its_new_images(tmp_path: Path, default_weigh
         assert grown["pool/sample_ids"].asstr()[:].tolist()[10:] == ["a/aaa.png", "c/new.png"]
         np.testing.assert_array_equal(grown["pool/features"][:10], before)
         np.testing.assert_allclose(grown["pool/features"][:], whole["pool/features"][:], atol=1e-4)
+
+
+@pytest.mark.workflow
+def test_labels_given_are_round_0_of_every_method_with_the_simulated_oracle_too(tmp_path: Path) -> None:
+    from test_workflow import TINY, planned_jobs, snakemake
+
+    known = tmp_path / "known.csv"
+    known.write_text("sample_id,class\n" + "".join(f"train/{k:06d},Bag\n" for k in range(20)))
+    override = tmp_path / "given.yaml"
+    override.write_text(f"methods: [svpp, random, activeft_pre]\ndata:\n  initial_labels: {known}\n")
+    planned = snakemake(tmp_path, "--dry-run", configfiles=(TINY, override))
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    jobs = planned_jobs(planned.stdout)
+    assert sorted(job["method"] for rule, job in jobs if rule == "initial_labels") == ["activeft_pre", "random", "svpp"]
+    assert not [rule for rule, job in jobs if rule in ("select_initial", "select_cold_start")]
+    assert "000" not in [job["r"] for rule, job in jobs if rule == "select_single_shot"]
