@@ -82,9 +82,10 @@ def test_a_glob_narrows_the_pool_and_a_list_file_names_it(tmp_path: Path) -> Non
     assert pool["sample_id"].tolist() == [f"b/img{k:02d}.png" for k in range(15)]
 
     listing = tmp_path / "list.txt"
-    listing.write_text(f"b/img03.png\n\n{root / 'a/img01.png'}\na/img00.png\n")  # relative to root, or absolute
+    (root / "linked.png").symlink_to(tmp_path / "photos/a/img05.png")  # a link is named by its own path
+    listing.write_text(f"b/img03.png\n\n{root / 'a/img01.png'}\na/img00.png\nlinked.png\n")  # relative to root, or absolute
     pool = read_split_table(pool_files(tmp_path / "list", config_for(root, images=str(listing)))["pool"])
-    assert pool["sample_id"].tolist() == ["a/img00.png", "a/img01.png", "b/img03.png"]
+    assert pool["sample_id"].tolist() == ["a/img00.png", "a/img01.png", "b/img03.png", "linked.png"]
 
     write_images(root, ["c/with, comma.png"])
     table = tmp_path / "list.csv"  # a CSV with a path column, relative to its own folder without data.root
@@ -104,6 +105,7 @@ def test_a_glob_narrows_the_pool_and_a_list_file_names_it(tmp_path: Path) -> Non
     ("empty folder", "no image files under"),
     ("glob matches nothing", "match data.glob 'z/*'"),
     ("same file twice", "list.txt, line 2: 'a/../a/img00.png' is the same file as line 1; remove one"),
+    ("a link to a listed file", "list.txt, line 2: 'link.png' is the same file as line 1; remove one"),
     ("missing file", "list.txt, line 2: "),
     ("empty list", "names no image"),
 ])
@@ -117,7 +119,8 @@ def test_a_pool_that_is_not_there_is_refused_naming_the_setting(tmp_path: Path, 
     elif case == "glob matches nothing":
         data["glob"] = "z/*"
     else:
-        listing.write_text({"same file twice": "a/img00.png\na/../a/img00.png\n",
+        (root / "link.png").symlink_to(root / "a/img00.png")
+        listing.write_text({"same file twice": "a/img00.png\na/../a/img00.png\n", "a link to a listed file": "a/img00.png\nlink.png\n",
                             "missing file": "a/img00.png\na/gone.png\n", "empty list": "\n"}[case])
         data["images"] = str(listing)
     with pytest.raises(DataError, match=re.escape(message)):

@@ -195,7 +195,7 @@ def _check_consistency(config: dict[str, Any], source: str) -> None:
         )
 
 
-# Keys of data.dataset unlabelled only (your own images), and what each of them does there.
+# Keys only data.dataset unlabelled (your own images) reads: set with another dataset, they are a mistake.
 OWN_IMAGE_KEYS = ("glob", "images", "classes", "test")
 
 

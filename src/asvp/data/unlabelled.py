@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -106,18 +107,19 @@ def _listed(list_file: Path, root: Path) -> list[str]:
                    if number > 1 and len(fields) > column and fields[column].strip()]
     if not entries:
         raise DataError(f"image list {list_file} (data.images) names no image; list one image path per line")
-    ids: dict[str, int] = {}
+    first_line: dict[Path, int] = {}  # by the file itself: "a/../a/x.png" or a link to x.png is x.png again
+    ids = []
     for number, entry in entries:
         path = Path(entry).expanduser()
-        path = path if path.is_absolute() else root / path
+        path = Path(os.path.normpath(path if path.is_absolute() else root / path))
         if not path.is_file():
             raise DataError(f"image list {list_file}, line {number}: {path} does not exist; fix the path or remove "
                             "the line")
-        resolved = _sample_id(path.resolve(), root.resolve())
-        if resolved in ids:
+        if path.resolve() in first_line:
             raise DataError(f"image list {list_file}, line {number}: {entry!r} is the same file as line "
-                            f"{ids[resolved]}; remove one of the two lines")
-        ids[resolved] = number
+                            f"{first_line[path.resolve()]}; remove one of the two lines")
+        first_line[path.resolve()] = number
+        ids.append(_sample_id(path, Path(os.path.normpath(root))))
     return sorted(ids)
 
 
