@@ -237,6 +237,12 @@ def test_a_labelled_test_set_from_class_folders_or_a_csv(tmp_path: Path) -> None
     test = read_split_table(pool_files(tmp_path / "csv", config_for(root, test=str(listing)))["test"])
     assert test["sample_id"].tolist() == ["test/dog/x.png", "test/cat/y.png"] and test["label"].tolist() == [2, 1]
 
+    listing.write_text("path,class\ntest/dog/x.png,bird\ntest/dog/gone.png,dog\n")
+    with pytest.raises(DataError, match=r"test.csv, line 3: image test/dog/gone.png does not exist"):
+        pool_files(tmp_path / "gone", config_for(root, test=str(listing)))
+    listing.write_text("path,class\ntest/dog/x.png,brid\n")
+    with pytest.raises(DataError, match=r"test.csv, line 2: unknown class 'brid'; did you mean 'bird'\?"):
+        pool_files(tmp_path / "typo", config_for(root, test=str(listing)))
     write_images(tmp_path / "test", ["dgo/w.png"])
     with pytest.raises(DataError, match=r"test folder .*dgo \(data.test\) is not a class of data.classes"):
         pool_files(tmp_path / "bad", config_for(root, test=str(tmp_path / "test")))
