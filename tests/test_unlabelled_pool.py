@@ -263,10 +263,12 @@ def test_an_image_that_does_not_decode_is_named_or_skipped(tmp_path: Path) -> No
 
 
 @pytest.fixture(scope="module")
-def extracted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, Path], Path]:
-    """30 own images without a test set, through define_pool and extract (random-init backbone)."""
+def extracted(tmp_path_factory: pytest.TempPathFactory, default_weights: Path) -> tuple[dict[str, Any], dict[str, Path], Path]:
+    """30 own images without a test set, through define_pool and extract (the packaged weights:
+    the same features in every session, so the picks on them are fixed)."""
     tmp_path = tmp_path_factory.mktemp("own")
     config = config_for(own_images(tmp_path))
+    config["backbone"]["checkpoint"] = str(default_weights)
     files = pool_files(tmp_path, config)
     features = tmp_path / "features" / "pretrained.h5"
     extract(config, str(files["pool"]), str(files["test"]), str(features))
@@ -293,7 +295,8 @@ def _round0(config: dict[str, Any], files: dict[str, Path], features: Path, cold
 
 @pytest.mark.parametrize("cold_start", ["random", "coreset", "activeft"])
 def test_each_cold_start_picks_round_0_without_labels_reproducibly(
-        extracted: tuple[dict[str, Any], dict[str, Path], Path], tmp_path: Path, cold_start: str) -> None:
+        extracted: tuple[dict[str, Any], dict[str, Path], Path], tmp_path: Path, cold_start: str,
+        torch_single_thread: None) -> None:
     config, files, features = extracted
     picked = _round0(config, files, features, cold_start, tmp_path / "first")
     assert len(picked) == len(set(picked)) == 6
