@@ -1,5 +1,7 @@
 # Stage 1 of SVPp/ASVP: fix the pool, pre-compute backbone features once (asvp.steps.features).
 
+from asvp.data.unlabelled import UNLABELLED, listing_fingerprint  # noqa: E402
+
 
 rule define_pool:
     output:
@@ -8,6 +10,8 @@ rule define_pool:
         info=f"{RES}/data/dataset.json",
     params:
         cfg=params("data"),
+        # Your own images: the folder's listing, so that images added to it rerun define_pool.
+        **({"listing": listing_fingerprint(config["data"])} if config["data"]["dataset"] == UNLABELLED else {}),
     threads: 1
     resources:
         mem_mb=SMALL.mem_mb,

@@ -1,7 +1,8 @@
-# Each round's queries (asvp.steps.select): round 0 is a seeded random draw (or the strategy's
-# own cold start: ActiveFT on the pre-trained features); later rounds score the pool with the
-# method's selection model (asvp.methods: proxy, fine-tuned network, or none); ActiveFT(pre)
-# selects each evaluation point afresh. With the simulated oracle the selection job also labels
+# Each round's queries (asvp.steps.select): round 0 is a seeded random draw, a pick on the
+# pre-trained features (schedule.cold_start, or the strategy's own: ActiveFT), or given
+# (data.initial_labels); later rounds score the pool with the method's selection model
+# (asvp.methods: proxy, fine-tuned network, or none); ActiveFT(pre) selects each evaluation
+# point afresh. With the simulated oracle the selection job also labels
 # its batch (and for ASVP decides, rules/decide.smk), so a round is one job; with people,
 # request_labels and label are jobs of their own and the run waits for their answers.
 
@@ -9,11 +10,15 @@
 LATER = r"(?!000)\d{3}"  # the rounds after round 0
 
 
+GIVEN_ROUND0 = plan.initial_labels(config)  # data.initial_labels: round 0 is given, not selected
+
+
 rule select_initial:
-    # Round 0 of every strategy without a cold start of its own: a seeded random draw.
+    # Round 0 of every strategy that starts from a seeded random draw (schedule.cold_start random
+    # and no cold start of its own).
     wildcard_constraints:
-        method=one_of(methods.names(lambda m: not m.single_shot)),
-        strategy=one_of([name for name, s in STRATEGIES.items() if not s.cold_start]),
+        method=one_of(plan.round0_methods(config)),
+        strategy=one_of([name for name in STRATEGIES if plan.round0_picker(config, name) is None]),
     input:
         pool=rules.define_pool.output.pool,
         dataset=rules.define_pool.output.info,
@@ -39,19 +44,53 @@ rule select_initial:
         "--scores-out {output.scores}{params.label}"
 
 
+# Round 0 from labels you already have (data.initial_labels), for every method: no selection, no
+# oracle. With people labelling, `label` could make round 0's labelled.csv too: this rule wins.
+rule initial_labels:
+    wildcard_constraints:
+        method=one_of(config["methods"] if GIVEN_ROUND0 else ()),
+    input:
+        pool=rules.define_pool.output.pool,
+        dataset=rules.define_pool.output.info,
+        labels=config["data"]["initial_labels"] or [],
+    output:
+        selected=f"{RUN}/round000/selected.csv",
+        scores=f"{RUN}/round000/scores.npy",
+        labelled=f"{RUN}/round000/labelled.csv",
+    params:
+        cfg=params("data"),
+    threads: 1
+    resources:
+        mem_mb=SMALL.mem_mb,
+        runtime=SMALL.runtime,
+    priority: SELECTION_PRIORITY
+    log:
+        **selection_logs(f"{RUN}/round000", "initial_labels"),
+    conda:
+        CONDA_ENV
+    shell:
+        "asvp --log {log.job} --timing {log.timing} initial-labels --config-json {params.cfg} --labels {input.labels:q} "
+        "--pool {input.pool} --dataset-json {input.dataset} --selected-out {output.selected} "
+        "--scores-out {output.scores} --labelled-out {output.labelled}"
+
+
+ruleorder: initial_labels > label
+
+
 # A selection without labels on the pre-trained features: ActiveFT(pre)'s every evaluation point
-# (select_single_shot), and round 0 of a strategy with a cold start of its own, ActiveFT
-# (select_cold_start). One definition, two rules: which rounds each serves depends on two
-# wildcards at once, which a wildcard constraint cannot say.
+# (select_single_shot), and round 0 picked on them (select_cold_start): schedule.cold_start, or a
+# strategy's own cold start (ActiveFT). One definition, two rules: which rounds each serves
+# depends on two wildcards at once, which a wildcard constraint cannot say.
 for COLD_START in (False, True):
 
     rule:
         name:
             "select_cold_start" if COLD_START else "select_single_shot"
         wildcard_constraints:
-            method=one_of(methods.names(lambda m: m.single_shot != COLD_START)),
-            strategy=one_of([name for name, s in STRATEGIES.items() if s.cold_start]) if COLD_START else r"[a-z_]+",
-            r="000" if COLD_START else r"\d{3}",
+            method=one_of(plan.round0_methods(config) if COLD_START else SINGLE_SHOT),
+            strategy=(one_of([name for name in STRATEGIES if plan.round0_picker(config, name) is not None])
+                      if COLD_START else r"[a-z_]+"),
+            r="000" if COLD_START else (LATER if GIVEN_ROUND0 else r"\d{3}"),
         input:
             pool=rules.define_pool.output.pool,
             features=rules.extract_pretrained.output[0],
@@ -62,7 +101,9 @@ for COLD_START in (False, True):
             **labelled_outputs(ROUND),
         params:
             budget=lambda w: PLAN.labels_after[int(w.r)],
-            cfg=lambda w: plan.params_json(config, strategy=w.strategy),
+            # Round 0's pick: its picker's options (asvp.plan.round0_params_json).
+            cfg=(lambda w: plan.round0_params_json(config, w.strategy)) if COLD_START else (
+                lambda w: plan.params_json(config, strategy=w.strategy)),
             label=label_step,
         threads: JOB_THREADS
         resources:

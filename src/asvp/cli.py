@@ -44,6 +44,7 @@ COMMANDS: dict[str, Command] = {
     "extract": Command("asvp.steps.features:extract", "extract", torch=True),
     # rules/select.smk
     "select-initial": Command("asvp.steps.select:select_initial", "select_initial"),
+    "initial-labels": Command("asvp.steps.select:initial_labels", "select_initial"),
     "select-single-shot": Command("asvp.steps.select:select_single_shot", "select", torch=True),
     "select-random": Command("asvp.steps.select:select_random", "select"),
     "train-proxy": Command("asvp.steps.select:train_proxy", "train_proxy", torch=True),

@@ -153,6 +153,7 @@ def _check_consistency(config: dict[str, Any], source: str) -> None:
             "holds the dataset). Set data.root to that folder."
         )
     budgets = config["schedule"]["budgets"]
+    _check_own_images(config, source)
     if data["pool_subset"] is not None and sum(budgets) > data["pool_subset"]:
         raise ConfigError(
             f"{source}: schedule.budgets sum to {sum(budgets)} labels but data.pool_subset is only "
@@ -192,6 +193,47 @@ def _check_consistency(config: dict[str, Any], source: str) -> None:
             f"{source}: finetune.milestones {early} fall inside LP-FT's {lp_epochs} probe epochs "
             f"(lpft.lp_epochs), where no lr steps. Move them to epoch {lp_epochs} or later, or lower lpft.lp_epochs."
         )
+
+
+# Keys only data.dataset unlabelled (your own images) reads: set with another dataset, they are a mistake.
+OWN_IMAGE_KEYS = ("glob", "images", "classes", "test")
+
+
+def _check_own_images(config: dict[str, Any], source: str) -> None:
+    """Your own images (data.dataset unlabelled), data.initial_labels and schedule.cold_start:
+    every check that needs no pool, so that a run stops before its first job."""
+    from asvp.data.unlabelled import UNLABELLED, count_initial_labels, read_classes
+
+    data, schedule = config["data"], config["schedule"]
+    defaults = load_schema()["properties"]["data"]["properties"]
+    if data["dataset"] != UNLABELLED:
+        changed = [key for key in OWN_IMAGE_KEYS if data[key] != defaults[key]["default"]]
+        if changed:
+            raise ConfigError(f"{source}: data.{changed[0]} applies to data.dataset unlabelled (your own images) only, "
+                              f"but data.dataset is '{data['dataset']}'. Remove data.{changed[0]} or set data.dataset: "
+                              "unlabelled.")
+    else:
+        if config["oracle"] == "simulated":
+            raise ConfigError(f"{source}: data.dataset unlabelled has no labels, so the simulated oracle cannot answer. "
+                              "Set oracle: human (people label each round's picks).")
+        if not data["root"] and not data["images"]:
+            raise ConfigError(f"{source}: data.dataset unlabelled needs data.root (the folder of your images) or "
+                              "data.images (a file listing them). Set one.")
+        if data["pool_subset"] is not None:
+            raise ConfigError(f"{source}: data.pool_subset does not apply to your own images (the pool is every image "
+                              "found, and it may grow). Remove data.pool_subset, or narrow data.glob.")
+        try:
+            read_classes(data["classes"])
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}") from None
+    if data["initial_labels"] is not None:
+        if schedule["cold_start"] != "random":
+            raise ConfigError(f"{source}: data.initial_labels are round 0's labels, so schedule.cold_start "
+                              f"'{schedule['cold_start']}' has nothing to pick. Remove one of the two.")
+        count = count_initial_labels(data["initial_labels"])
+        if count != schedule["budgets"][0]:
+            raise ConfigError(f"{source}: data.initial_labels lists {count} images, which are round 0's labels, but "
+                              f"schedule.budgets[0] is {schedule['budgets'][0]}. Set schedule.budgets[0] to {count}.")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

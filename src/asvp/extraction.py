@@ -143,6 +143,37 @@ def extract_features(
     os.replace(partial, out)
 
 
+# What the rows of a previous features file must have been made with to be copied, not recomputed.
+COPY_IDENTITY = ("backbone", "checkpoint_sha256", "checkpoint_prefix", "resolution", "transform", "dtype")
+
+
+def seed_from_previous(previous: str | Path, out: str | Path, pool: SplitInput, *, attrs: Mapping[str, Any],
+                       dtype: str, batch_size: int, feature_dim: int, chunk_rows: int = CHUNK_ROWS) -> int:
+    """Copy the pool rows a previous complete features file already holds into `out`'s partial
+    file, so that `extract_features` (same arguments) computes only the rows after them.
+
+    A pool that grows keeps its earlier rows first (asvp.data.unlabelled.pool_order), so the
+    previous file's pool must be a prefix of the new one (by sample id), and made with the same
+    backbone, checkpoint, transform and dtype (COPY_IDENTITY). Returns the rows copied (0: none
+    match, everything is extracted)."""
+    out = Path(out)
+    chunk_rows = _whole_batches(chunk_rows, batch_size)
+    expected = {**dict(attrs), "dtype": dtype}
+    if not attrs.get("checkpoint_sha256"):  # a random initialisation is another network every time
+        return 0
+    with store.open_features(previous) as old:
+        if any(str(old.attrs.get(key, "")) != str(expected.get(key, "")) for key in COPY_IDENTITY):
+            return 0
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in old["pool/sample_ids"][:]]
+        if not ids or ids != list(pool.sample_ids[: len(ids)]) or old["pool/features"].shape[1] != feature_dim:
+            return 0
+        with store.open_partial(store.partial_path(out), _fingerprint(attrs, dtype, chunk_rows)) as handle:
+            group = store.require_split(handle, "pool", pool.labels, pool.sample_ids, feature_dim, dtype, chunk_rows)
+            for start in range(int(group.attrs["rows_done"]), len(ids), chunk_rows):
+                store.write_rows(handle, group, start, old["pool/features"][start : min(start + chunk_rows, len(ids))])
+    return len(ids)
+
+
 def _whole_batches(chunk_rows: int, batch_size: int) -> int:
     """Rows per chunk, a multiple of the batch size so a resumed chunk starts on a batch edge."""
     return max(batch_size, (chunk_rows // batch_size) * batch_size)

@@ -59,7 +59,9 @@ def require_split(
     group = handle.require_group(name)
     if "features" not in group:
         n = len(labels)
-        group.create_dataset("features", shape=(n, feature_dim), dtype=dtype, chunks=(min(chunk_rows, max(n, 1)), feature_dim))
+        # An empty split (no test set) cannot be chunked: HDF5 refuses a chunk larger than the data.
+        chunks = (min(chunk_rows, n), feature_dim) if n else None
+        group.create_dataset("features", shape=(n, feature_dim), dtype=dtype, chunks=chunks)
         group.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
         group.create_dataset("sample_ids", data=np.asarray(sample_ids, dtype=object), dtype=h5py.string_dtype())
         group.attrs["rows_done"] = 0

@@ -178,6 +178,8 @@ def _csv_answers(path: Path) -> list[tuple[int, str, str]]:
     names = [n.strip().lower() for n in next(reader)]
     if "label" in names and "class" not in names:
         names[names.index("label")] = "class"
+    if "path" in names and "sample_id" not in names:  # a list of image files (data.initial_labels, data.test)
+        names[names.index("path")] = "sample_id"
     missing = [c for c in ANSWER_COLUMNS if c not in names]
     if missing:
         raise DataError(f"{path}, line 1: missing column(s) {missing} in the header {header!r}; the header must be "
@@ -218,18 +220,37 @@ def _folder_answers(folder: Path, request: pd.DataFrame) -> list[tuple[int, str,
     return pairs
 
 
+def answer_rows(path: str | Path) -> list[tuple[int, str, str]]:
+    """(line number, sample id, class name) of each row of a `sample_id,class` CSV file (`path`
+    for sample_id and `label` for class are accepted), after the checks of a person's answers."""
+    return _csv_answers(Path(path))
+
+
 def _match(path: Path, pairs: list[tuple[int, str, str]], request: pd.DataFrame, classes: Sequence[str],
            folder_names: bool = False) -> np.ndarray:
+    labels = match_classes(path, pairs, request["sample_id"].tolist(), classes, folder_names,
+                           unknown_id="was not requested this round; use the ids of to_label.csv")
+    if (labels < 0).any():
+        missing = request["sample_id"].to_numpy()[labels < 0]
+        raise DataError(f"{path}: {len(missing)} requested image(s) have no answer, e.g. {', '.join(map(str, missing[:5]))}; "
+                        "answer every image of to_label.csv")
+    return labels
+
+
+def match_classes(path: Path, pairs: list[tuple[int, str, str]], sample_ids: Sequence[str], classes: Sequence[str],
+                  folder_names: bool = False, unknown_id: str = "is not one of the images asked about") -> np.ndarray:
+    """(len(sample_ids),) int64 class index answered for each id, -1 where none was: every
+    answer names a known id once and a known class (a near miss is suggested), else DataError
+    naming the file, the line and the fix."""
     where = (lambda n: f"{path}, line {n}") if not path.is_dir() else (lambda n: str(path))
     names = [folder_name(c) for c in classes] if folder_names else list(classes)
     index_of = {name: k for k, name in enumerate(names)}
-    position = {sample_id: k for k, sample_id in enumerate(request["sample_id"])}
-    labels = np.full(len(request), -1, dtype=np.int64)
+    position = {sample_id: k for k, sample_id in enumerate(sample_ids)}
+    labels = np.full(len(sample_ids), -1, dtype=np.int64)
     seen: dict[str, int] = {}
     for number, sample_id, name in pairs:
         if sample_id not in position:
-            raise DataError(f"{where(number)}: sample id {sample_id!r} was not requested this round; use the ids "
-                            "of to_label.csv")
+            raise DataError(f"{where(number)}: sample id {sample_id!r} {unknown_id}")
         if sample_id in seen:
             first = f"line {seen[sample_id]}" if number else "another class folder"
             raise DataError(f"{where(number)}: sample id {sample_id!r} is answered twice (also on {first}); keep one")
@@ -239,8 +260,4 @@ def _match(path: Path, pairs: list[tuple[int, str, str]], request: pd.DataFrame,
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise DataError(f"{where(number)}: unknown class {name!r}; {hint}use one of: {', '.join(names)}")
         labels[position[sample_id]] = index_of[name]
-    if (labels < 0).any():
-        missing = request["sample_id"].to_numpy()[labels < 0]
-        raise DataError(f"{path}: {len(missing)} requested image(s) have no answer, e.g. {', '.join(map(str, missing[:5]))}; "
-                        "answer every image of to_label.csv")
     return labels

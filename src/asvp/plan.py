@@ -25,7 +25,11 @@ PLANNING_KEYS: dict[str, tuple[str, ...]] = {"evaluation": ("at",)}
 # Keys added after results existed, left out of params while they hold the value that behaves
 # as before they existed: adding a key must not make every job of an existing experiment look
 # changed (fine-tune cache keys hash the same excerpt). A new key with a default goes here.
-NEUTRAL_VALUES: dict[str, dict[str, Any]] = {"data": {"bad_images": "stop"}}
+NEUTRAL_VALUES: dict[str, dict[str, Any]] = {
+    "data": {"bad_images": "stop", "glob": "**/*", "images": None, "classes": None, "test": None,
+             "initial_labels": None},
+    "schedule": {"cold_start": "random"},
+}
 
 
 def params_excerpt(config: dict[str, Any], *sections: str) -> dict[str, Any]:
@@ -44,6 +48,10 @@ def params_json(config: dict[str, Any], *sections: str, strategy: str | None = N
     """Shell-quoted JSON of a job's config excerpt: its params, so it reruns only when they
     change. A selection job adds its own strategy's options only (and the device, for a
     strategy that computes on it), so changing one strategy's options reruns only its jobs."""
+    return shlex.quote(json.dumps(_strategy_excerpt(config, sections, strategy), sort_keys=True))
+
+
+def _strategy_excerpt(config: dict[str, Any], sections: tuple[str, ...], strategy: str | None) -> dict[str, Any]:
     excerpt = params_excerpt(config, *sections)
     if strategy is not None:
         options = config["strategy_options"].get(strategy, {})
@@ -51,6 +59,18 @@ def params_json(config: dict[str, Any], *sections: str, strategy: str | None = N
             excerpt["strategy_options"] = {strategy: options}
         if strategy in STRATEGIES and STRATEGIES[strategy].uses_device:
             excerpt["device"] = config["device"]
+    return excerpt
+
+
+def round0_params_json(config: dict[str, Any], strategy: str) -> str:
+    """The params of round 0's pick on the pre-trained features in a run of `strategy`: its
+    picker's options, and schedule.cold_start unless it is random (then absent, so that results
+    from before the key existed stay valid). select_single_shot picks with schedule.cold_start
+    in round 0 when the excerpt holds it."""
+    picker = round0_picker(config, strategy)
+    excerpt = _strategy_excerpt(config, (), picker)
+    if config["schedule"]["cold_start"] != NEUTRAL_VALUES["schedule"]["cold_start"]:
+        excerpt["schedule"] = {"cold_start": config["schedule"]["cold_start"]}
     return shlex.quote(json.dumps(excerpt, sort_keys=True))
 
 
@@ -92,6 +112,28 @@ def job_threads(cores: Any, cluster: bool = False) -> int:
 def cold_start(strategy: str) -> bool:
     """Whether the strategy picks round 0 itself on the pre-trained features (else a random draw)."""
     return STRATEGIES[strategy].cold_start
+
+
+def round0_picker(config: dict[str, Any], strategy: str) -> str | None:
+    """The strategy that picks round 0 of a run of `strategy` on the pre-trained features
+    (schedule.cold_start, else the strategy's own cold start), or None for the seeded random
+    draw. It depends on the config, not on the method, so round 0 stays shared by every method
+    of a seed (and its fine-tune is cached once)."""
+    chosen = config["schedule"]["cold_start"]
+    if chosen != "random":
+        return chosen
+    return strategy if cold_start(strategy) else None
+
+
+def round0_methods(config: dict[str, Any]) -> tuple[str, ...]:
+    """The methods whose round 0 select_initial or select_cold_start makes (ActiveFT(pre)'s is a
+    single shot); none when round 0's labels are given (data.initial_labels)."""
+    return () if initial_labels(config) else methods.names(lambda m: not m.single_shot)
+
+
+def initial_labels(config: dict[str, Any]) -> bool:
+    """Whether round 0's labels are given (data.initial_labels) instead of selected."""
+    return config["data"]["initial_labels"] is not None
 
 
 def proxy_round_methods(decides: bool, human_oracle: bool) -> tuple[str, ...]:
@@ -154,6 +196,8 @@ class Plan:
         if not self.human_oracle:
             return rounds
         for k, r in enumerate(rounds):
+            if r == 0 and initial_labels(self.config):
+                continue
             self._pull_label_studio(self.run_dir(method, strategy, seed), r)
             if answered(self.run_dir(method, strategy, seed), r) is None:
                 return rounds[:k]

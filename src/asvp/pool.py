@@ -3,7 +3,7 @@
 Files are the interface between rules, so every reader here validates what it reads and names
 the file and the fix when something is off (a hand-edited label file is the usual culprit).
 
-pool.csv / test.csv  columns: index, source_index, sample_id, label
+pool.csv / test.csv  columns: index, source_index, sample_id, label (-1: nobody has named its class yet)
 selected.csv         columns: pool_index, sample_id, score, rank
 labelled.csv         columns: pool_index, sample_id, label, round
 """
@@ -51,6 +51,8 @@ def _read_csv(path: str | Path, columns: list[str], what: str) -> pd.DataFrame:
         frame = pd.read_csv(path, dtype={"sample_id": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{what} file {path} is not a readable CSV ({exc}); delete it and rerun") from exc
+    if frame.empty:  # a header only (no test set): pandas reads its columns as text
+        frame = frame.astype({c: "int64" for c in frame.columns if c in columns and c not in NON_INTEGER_COLUMNS})
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataError(

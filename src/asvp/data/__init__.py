@@ -1,8 +1,15 @@
 """Datasets as image sources, plus the transforms and torch Datasets that feed the backbones.
 
-`open_source(name, root, split)` is the single entry point; see `sources.py` for the layouts.
+`open_data(data_config, split)` is the single entry point (`open_source` for the named
+datasets); see `sources.py` for the layouts, `unlabelled.py` for your own images.
 `make_dataset` picks the in-memory tensor path (`tensor_dataset.py`) where it applies.
+
+The torch parts load on first use: planning and the cheap jobs read file listings and class
+names from here without paying torch's import.
 """
+
+import importlib
+from typing import Any
 
 from asvp.data.idx import read_idx
 from asvp.data.sources import (
@@ -12,18 +19,28 @@ from asvp.data.sources import (
     ArraySource,
     FileSource,
     ImageSource,
+    open_data,
     open_source,
     read_image,
 )
-from asvp.data.tensor_dataset import TensorImageDataset, make_dataset
-from asvp.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, build_transform
+
+_TORCH_PARTS = {"TensorImageDataset": "tensor_dataset", "make_dataset": "tensor_dataset", "IMAGENET_MEAN": "transforms",
+                "IMAGENET_STD": "transforms", "ImageDataset": "transforms", "build_transform": "transforms"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TORCH_PARTS:
+        return getattr(importlib.import_module(f"asvp.data.{_TORCH_PARTS[name]}"), name)
+    raise AttributeError(f"module 'asvp.data' has no attribute {name!r}")
 
 
 def dataset_for(data_config: dict, split: str, source_indices, train_mode: bool):  # type: ignore[no-untyped-def]
     """The images of `split` ("pool" reads the train split, "test" the test split) at these source
     indices, as the backbone sees them: augmented for training, centre-cropped otherwise.
     In-memory datasets decode once and augment whole batches (`make_dataset`)."""
-    source = open_source(data_config["dataset"], data_config["root"], "train" if split == "pool" else "test")
+    from asvp.data.tensor_dataset import make_dataset
+
+    source = open_data(data_config, "train" if split == "pool" else "test")
     return make_dataset(source, source_indices, train_mode, data_config["resolution"], data_config["resize"])
 
 __all__ = [
@@ -40,6 +57,7 @@ __all__ = [
     "build_transform",
     "dataset_for",
     "make_dataset",
+    "open_data",
     "open_source",
     "read_idx",
     "read_image",

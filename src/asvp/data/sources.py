@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -137,6 +137,17 @@ def read_image(path: str | Path) -> Image.Image:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"image file {path} cannot be read ({type(exc).__name__}: {exc}). "
                         "Replace or delete the file, then rerun.") from exc
+
+
+def open_data(data: Mapping[str, Any], split: str) -> ImageSource:
+    """One split of the config's `data` section: a dataset of `open_source`, or your own
+    unlabelled images (`data.dataset: unlabelled`, asvp.data.unlabelled), which need more keys
+    than a root."""
+    if data["dataset"] == "unlabelled":
+        from asvp.data.unlabelled import open_unlabelled
+
+        return open_unlabelled(data, split)
+    return open_source(data["dataset"], data["root"], split)
 
 
 def open_source(name: str, root: str | Path | None, split: str) -> ImageSource:

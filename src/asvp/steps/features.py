@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from asvp.atomic import write_csv, write_json
+from asvp.atomic import write_csv, write_json, write_text
 from asvp.errors import DataError
 from asvp.pool import read_split_table, split_table, subset_indices
 
@@ -18,7 +20,8 @@ def define_pool(config: dict[str, Any], pool: str, test: str, info: str) -> None
     Depends on the `data` section only, so editing budgets or methods never rewrites the pool
     (which would make every downstream file look stale).
     """
-    from asvp.data import open_source
+    from asvp.data import open_data
+    from asvp.data.unlabelled import UNLABELLED
 
     data = config["data"]
     sizes: dict[str, int] = {}
@@ -26,11 +29,19 @@ def define_pool(config: dict[str, Any], pool: str, test: str, info: str) -> None
     num_classes = 0
     tables = {}
     classes: list[str] = []
+    kept = 0  # pool rows of an earlier pool of your own images, which must keep their indices
     for split, subset, out, salt in (("train", data["pool_subset"], pool, 0), ("test", data["test_subset"], test, 1)):
-        source = open_source(data["dataset"], data["root"], split)
-        indices = subset_indices(len(source), subset, data["subset_seed"] + salt)
+        source = open_data(data, split)
+        if split == "train" and data["dataset"] == UNLABELLED:
+            indices, kept = grown_pool(source, Path(pool))
+        else:
+            indices = subset_indices(len(source), subset, data["subset_seed"] + salt)
         if data.get("bad_images", "stop") == "skip":
             bad = undecodable(source, indices)
+            broken = [int(i) for i in indices[:kept] if int(i) in bad] if split == "train" else []
+            if broken:
+                raise DataError(f"{len(broken)} image(s) of the existing pool no longer decode: {bad[broken[0]]} "
+                                "Restore them: their labels and features refer to them.")
             skipped += [{"split": split, "sample_id": source.sample_id(int(i)), "error": error} for i, error in bad.items()]
             indices = indices[~np.isin(indices, list(bad))]
         tables[out] = split_table(indices, [source.sample_id(int(i)) for i in indices], source.labels[indices])
@@ -39,6 +50,10 @@ def define_pool(config: dict[str, Any], pool: str, test: str, info: str) -> None
         classes = class_names(source)
     for out, table in tables.items():
         write_csv(out, table)
+    if data["dataset"] == UNLABELLED:
+        write_text(pool_order_path(pool), "".join(f"{sample_id}\n" for sample_id in tables[pool]["sample_id"]))
+        if kept:
+            print(f"pool grown: {kept} images kept at their pool indices, {sizes['train'] - kept} new")
     if skipped:
         print(f"skipped {len(skipped)} images that do not decode (data.bad_images: skip), listed in {info}:")
         for entry in skipped[:20]:
@@ -46,6 +61,29 @@ def define_pool(config: dict[str, Any], pool: str, test: str, info: str) -> None
     print(f"classes, in label order: {', '.join(f'{i}={name}' for i, name in enumerate(classes))}")
     write_json(info, {"dataset": data["dataset"], "num_classes": num_classes, "classes": classes,
                       "pool_size": sizes["train"], "test_size": sizes["test"], "skipped_images": skipped})
+
+
+def pool_order_path(pool_csv: str | Path) -> Path:
+    """The record of a pool of your own images, one sample id a line in pool-index order: it
+    outlives pool.csv, which Snakemake deletes before it reruns define_pool."""
+    return Path(pool_csv).with_name("pool_order.txt")
+
+
+def grown_pool(source: Any, pool_csv: Path) -> tuple[np.ndarray, int]:
+    """(source indices in pool order, how many of them are the previous pool's): the previous
+    pool (pool.csv, else its record) keeps its indices, new images follow in sorted order."""
+    from asvp.data.unlabelled import pool_order
+
+    record = pool_order_path(pool_csv)
+    previous: list[str] = []
+    where = ""
+    if pool_csv.is_file():
+        previous, where = read_split_table(pool_csv)["sample_id"].tolist(), str(pool_csv)
+    elif record.is_file():
+        previous, where = record.read_text(encoding="utf-8").splitlines(), str(record)
+    position = {source.sample_id(i): i for i in range(len(source))}
+    order = pool_order(previous, list(position), where)
+    return np.array([position[sample_id] for sample_id in order], dtype=np.int64), len(previous)
 
 
 def undecodable(source: Any, indices: np.ndarray, threads: int = 4) -> dict[int, str]:
@@ -82,6 +120,7 @@ def extract(config: dict[str, Any], pool: str, test: str, out: str, model: str |
 
     from asvp import extraction
     from asvp.backbones import file_sha256, pretrained_backbone
+    from asvp.data.unlabelled import UNLABELLED
     from asvp.data import build_transform, dataset_for
     from asvp.device import job_processes, resolve_device
     from asvp.training import classifier_from
@@ -98,6 +137,7 @@ def extract(config: dict[str, Any], pool: str, test: str, out: str, model: str |
     for split, csv in (("pool", pool), ("test", test)):
         table = read_split_table(csv)
         dataset = dataset_for(data, split, table["source_index"].to_numpy(), train_mode=False)
+        check_listing(table, dataset.source, csv)
         num_classes = dataset.source.num_classes
         splits[split] = extraction.SplitInput(dataset, table["label"].to_numpy(), table["sample_id"].tolist())
     prefix = getattr(backbone, "checkpoint_prefix", "")
@@ -115,6 +155,13 @@ def extract(config: dict[str, Any], pool: str, test: str, out: str, model: str |
         "transform": repr(build_transform(False, data["resolution"], resize=data["resize"])),
         "num_classes": num_classes,
     }
+    incremental = model is None and data["dataset"] == UNLABELLED
+    if incremental and kept_features_path(out).is_file():
+        copied = extraction.seed_from_previous(
+            kept_features_path(out), out, splits["pool"], attrs=attrs, dtype=config["features"]["dtype"],
+            batch_size=config["features"]["batch_size"], feature_dim=int(backbone.feature_dim))
+        print(f"pool features: {copied} rows copied from the previous extraction ({kept_features_path(out)}), "
+              f"{len(splits['pool'].sample_ids) - copied} to extract")
     extraction.extract_features(
         backbone,
         splits,
@@ -127,6 +174,38 @@ def extract(config: dict[str, Any], pool: str, test: str, out: str, model: str |
         crash_name="extract_chunk" if model is None else "refresh_chunk",
         world_size=job_processes(config["device"], gpus),
     )
+    if incremental:
+        keep_features(out)
+
+
+def kept_features_path(out: str | Path) -> Path:
+    """A second name (hard link) of the last pre-trained features of your own images: Snakemake
+    deletes features/pretrained.h5 before extracting a grown pool, and its rows are still good."""
+    return Path(out).with_name(Path(out).stem + ".kept.h5")
+
+
+def keep_features(out: str | Path) -> None:
+    """Point kept_features_path(out) at `out` (a hard link: no second copy on disk)."""
+    kept = kept_features_path(out)
+    tmp = kept.with_name(kept.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(out, tmp)
+    except OSError as error:  # a file system without hard links: the next growth extracts everything
+        print(f"note: cannot keep {out} for a later growth of the pool ({error}); it will be extracted in full")
+        return
+    os.replace(tmp, kept)
+
+
+def check_listing(table: Any, source: Any, csv: str) -> None:
+    """The images at the table's source indices are still the ones it names: a folder of your own
+    images that changed since define_pool would otherwise shift every index silently."""
+    listed = [source.sample_id(int(i)) if 0 <= i < len(source) else None for i in table["source_index"]]
+    moved = [(sample_id, now) for sample_id, now in zip(table["sample_id"], listed) if sample_id != now]
+    if moved:
+        raise DataError(f"{csv}: {len(moved)} row(s) no longer name the image at their source index (e.g. "
+                        f"{moved[0][0]!r} is now {moved[0][1]!r}): the image folder changed after the pool was "
+                        "defined. Rerun snakemake: define_pool then takes in the change.")
 
 
 def features_identity(config: dict[str, Any]) -> dict[str, Any]:

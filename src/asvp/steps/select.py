@@ -1,9 +1,10 @@
 """A round's queries (rules/select.smk): pick the batch, then have the oracle label it.
 
-Round 0 is a seeded random draw (or the strategy's own cold start: ActiveFT on the pre-trained
-features). Later rounds score the unlabelled pool with the method's selection model: the MLP
-proxy on pre-computed features (SVPp, ASVP), the fine-tuned network on the images (standard
-AL), nothing (random); ActiveFT(pre) selects each evaluation point afresh, without labels.
+Round 0 is a seeded random draw, or a pick on the pre-trained features (schedule.cold_start,
+or the strategy's own cold start: ActiveFT), or the labels you already have
+(data.initial_labels). Later rounds score the unlabelled pool with the method's selection
+model: the MLP proxy on pre-computed features (SVPp, ASVP), the fine-tuned network on the
+images (standard AL), nothing (random); ActiveFT(pre) selects each evaluation point afresh, without labels.
 Random, proxy scoring and labelling run without torch, so these many small jobs start fast.
 """
 
@@ -75,17 +76,44 @@ def select_initial(query: Query) -> None:
     write_npy(query.scores_out, np.full(len(pool), np.nan, dtype=np.float32))
 
 
+def initial_labels(config: dict[str, Any], labels: str, pool: str, dataset_json: str, selected_out: str,
+                   scores_out: str, labelled_out: str) -> None:
+    """Round 0 from labels you already have (data.initial_labels): selected.csv lists their images
+    in the file's order, labelled.csv holds their classes; no oracle is asked. Validated in full
+    (as a person's answers) before anything is written."""
+    from asvp.atomic import read_json
+    from asvp.data.unlabelled import pool_root, read_initial_labels
+    from asvp.pool import label_selection
+
+    table = read_split_table(pool)
+    classes = read_json(dataset_json)["classes"]
+    rows, labels = read_initial_labels(labels, table["sample_id"].tolist(), pool_root(config["data"]), classes)
+    given = table.copy()
+    truth = given["label"].to_numpy(np.int64).copy()
+    truth[rows] = labels
+    given["label"] = truth
+    write_selected(selected_out, table, rows, np.full(len(rows), np.nan))
+    write_npy(scores_out, np.full(len(table), np.nan, dtype=np.float32))
+    labelled = label_selection(read_selected(selected_out, len(table)), given, None, 0)
+    labelled["class_name"] = np.asarray(classes, dtype=object)[labelled["label"].to_numpy(np.int64)]
+    write_csv(labelled_out, labelled)
+    print(f"round 0: {len(rows)} images labelled in {labels}")
+
+
 def select_single_shot(query: Query, features: str, config: dict[str, Any] | None = None) -> None:
-    """ActiveFT with no labels on the pre-trained features of the whole pool: a single shot.
+    """A pick with no labels on the pre-trained features of the whole pool: a single shot.
 
     The ActiveFT(pre) baseline (every evaluation point is its own single shot of that many
-    labels, as in the paper, so its labelled sets are not nested) and the cold start of the
-    `activeft` strategy. The features are read from the HDF5 file in row chunks, never whole.
+    labels, as in the paper, so its labelled sets are not nested), and round 0 on the features:
+    schedule.cold_start when `config` holds it (`coreset`: k-center greedy from a seeded first
+    centre; `activeft`; asvp.plan.round0_params_json), else the `activeft` strategy's own cold
+    start. The features are read in row chunks, never whole.
     """
     from asvp import features as feature_store
 
     pool = read_split_table(query.pool)
-    strategy = configured_strategy(query.strategy, config)
+    cold_start = (config or {}).get("schedule", {}).get("cold_start") if query.round == 0 else None
+    strategy = configured_strategy(cold_start or query.strategy, config)
     everything = np.arange(len(pool), dtype=np.int64)
     with feature_store.open_features(features) as handle:
         feature_store.check_sample_ids(handle, everything, pool["sample_id"].tolist(), query.pool)
@@ -209,7 +237,7 @@ def request_labels(config: dict[str, Any], selected: str, pool: str, dataset_jso
     selected with a proxy."""
     from asvp import label_studio
     from asvp.atomic import read_json
-    from asvp.data.sources import open_source
+    from asvp.data.sources import open_data
     from asvp.oracle import answers_path, export_path, write_request
 
     table = read_split_table(pool)
@@ -227,7 +255,7 @@ def request_labels(config: dict[str, Any], selected: str, pool: str, dataset_jso
                                                         INFERENCE_BATCH_SIZE):
                 predicted[start : start + len(probabilities)] = probabilities.argmax(axis=1)
                 confidence[start : start + len(probabilities)] = probabilities.max(axis=1)
-    source = open_source(config["data"]["dataset"], config["data"]["root"], "train")
+    source = open_data(config["data"], "train")
     request = write_request(chosen, table, source, classes, predicted, out, sheet)
     settings = config["label_studio"]
     round_dir = Path(out).parent
