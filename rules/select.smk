@@ -74,9 +74,6 @@ rule initial_labels:
         "--scores-out {output.scores} --labelled-out {output.labelled}"
 
 
-ruleorder: initial_labels > label
-
-
 # A selection without labels on the pre-trained features: ActiveFT(pre)'s every evaluation point
 # (select_single_shot), and round 0 picked on them (select_cold_start): schedule.cold_start, or a
 # strategy's own cold start (ActiveFT). One definition, two rules: which rounds each serves
@@ -273,6 +270,7 @@ rule label:
     # simulated oracle the selection job labels, and this rule matches no method.
     wildcard_constraints:
         method=one_of(config["methods"] if HUMAN_ORACLE else ()),
+        r=LATER if GIVEN_ROUND0 else r"\d{3}",  # given labels are round 0 (initial_labels)
     input:
         unpack(label_inputs),
     output:
