@@ -29,6 +29,7 @@ ROUND = f"{RUN}/round{{r}}"
 FINETUNES = f"{RES}/finetunes"  # fine-tunes keyed by what determines them, shared across methods
 BUDGETS = PLAN.budgets
 HUMAN_ORACLE = PLAN.human_oracle  # a person labels between selection and labelling: separate jobs
+GROWING_POOL = config["data"]["dataset"] == "unlabelled"  # your own images: the folder may grow (kept())
 CONDA_ENV = "../envs/cuda.yaml" if config["device"] == "cuda" else "../envs/cpu.yaml"
 try:
     JOB_THREADS = plan.job_threads(workflow.cores)
@@ -87,7 +88,14 @@ def features_after(wildcards, r):
 
 def features_in_use(wildcards):
     """Features in use during the job's round: those after the previous round."""
-    return features_after(wildcards, int(wildcards.r) - 1)
+    return kept(features_after(wildcards, int(wildcards.r) - 1))
+
+
+def kept(path):
+    """Your own images may grow between runs; their pool rows keep their index, so a finished
+    round stays valid. Rounds take the pool's files as ancient: a grown folder reruns define_pool,
+    the extraction (new images only) and the refresh, and only rounds still to come see it."""
+    return ancient(path) if GROWING_POOL else path
 
 
 def labelled_outputs(round_folder):
@@ -140,8 +148,8 @@ def decide_step(wildcards, input, output, threads):
 
 def request_inputs(wildcards):
     """The selection to show, and the proxy that made it (its predicted class is the hint)."""
-    inputs = {"selected": round_file(wildcards, "selected.csv"), "pool": rules.define_pool.output.pool,
-              "dataset": rules.define_pool.output.info}
+    inputs = {"selected": round_file(wildcards, "selected.csv"), "pool": kept(rules.define_pool.output.pool),
+              "dataset": kept(rules.define_pool.output.info)}
     if methods.method(wildcards.method).selection == "proxy" and int(wildcards.r) > 0:
         inputs["weights"] = round_file(wildcards, "proxy.npz")
         inputs["features"] = features_in_use(wildcards)
@@ -150,8 +158,8 @@ def request_inputs(wildcards):
 
 def label_inputs(wildcards):
     """A person's answers for a round, with what they answer (to_label.csv) and the labels so far."""
-    inputs = {"selected": round_file(wildcards, "selected.csv"), "pool": rules.define_pool.output.pool,
-              "dataset": rules.define_pool.output.info, "request": round_file(wildcards, "to_label.csv"),
+    inputs = {"selected": round_file(wildcards, "selected.csv"), "pool": kept(rules.define_pool.output.pool),
+              "dataset": kept(rules.define_pool.output.info), "request": round_file(wildcards, "to_label.csv"),
               "answers": answers_of(wildcards)}
     if int(wildcards.r) > 0 and not methods.method(wildcards.method).single_shot:
         inputs["previous"] = previous(wildcards, "labelled.csv")
@@ -166,7 +174,7 @@ def decide_inputs(wildcards):
 
 
 def evaluate_inputs(wildcards):
-    inputs = {"pool": rules.define_pool.output.pool, "test": rules.define_pool.output.test,
+    inputs = {"pool": kept(rules.define_pool.output.pool), "test": rules.define_pool.output.test,
               "labelled": round_file(wildcards, "labelled.csv")}
     if methods.method(wildcards.method).decides:
         inputs["decision"] = round_file(wildcards, "decision.json")  # LP-FT or FT, decided per round

@@ -20,8 +20,8 @@ rule select_initial:
         method=one_of(plan.round0_methods(config)),
         strategy=one_of([name for name in STRATEGIES if plan.round0_picker(config, name) is None]),
     input:
-        pool=rules.define_pool.output.pool,
-        dataset=rules.define_pool.output.info,
+        pool=kept(rules.define_pool.output.pool),
+        dataset=kept(rules.define_pool.output.info),
     output:
         selected=f"{RUN}/round000/selected.csv",
         scores=f"{RUN}/round000/scores.npy",
@@ -50,8 +50,8 @@ rule initial_labels:
     wildcard_constraints:
         method=one_of(config["methods"] if GIVEN_ROUND0 else ()),
     input:
-        pool=rules.define_pool.output.pool,
-        dataset=rules.define_pool.output.info,
+        pool=kept(rules.define_pool.output.pool),
+        dataset=kept(rules.define_pool.output.info),
         labels=config["data"]["initial_labels"] or [],
     output:
         selected=f"{RUN}/round000/selected.csv",
@@ -89,9 +89,9 @@ for COLD_START in (False, True):
                       if COLD_START else r"[a-z_]+"),
             r="000" if COLD_START else (LATER if GIVEN_ROUND0 else r"\d{3}"),
         input:
-            pool=rules.define_pool.output.pool,
+            pool=kept(rules.define_pool.output.pool),
             features=rules.extract_pretrained.output[0],
-            dataset=rules.define_pool.output.info,
+            dataset=kept(rules.define_pool.output.info),
         output:
             selected=f"{ROUND}/selected.csv",
             scores=f"{ROUND}/scores.npy",
@@ -124,8 +124,8 @@ rule select_random:
         method=one_of(methods.names(lambda m: m.selection == "random")),
         r=LATER,
     input:
-        pool=rules.define_pool.output.pool,
-        dataset=rules.define_pool.output.info,
+        pool=kept(rules.define_pool.output.pool),
+        dataset=kept(rules.define_pool.output.info),
         labelled=lambda w: previous(w, "labelled.csv"),
     output:
         selected=f"{ROUND}/selected.csv",
@@ -164,8 +164,8 @@ for DECIDES in (False, True):
             method=one_of(plan.proxy_round_methods(DECIDES, HUMAN_ORACLE)),
             r=LATER,
         input:
-            pool=rules.define_pool.output.pool,
-            dataset=rules.define_pool.output.info,
+            pool=kept(rules.define_pool.output.pool),
+            dataset=kept(rules.define_pool.output.info),
             features=features_in_use,
             labelled=lambda w: previous(w, "labelled.csv"),
             **({"previous_decision": lambda w: previous(w, "decision.json")} if DECIDES else {}),
@@ -208,8 +208,8 @@ rule select_model:
         method=one_of(methods.names(lambda m: m.selection == "model")),
         r=LATER,
     input:
-        pool=rules.define_pool.output.pool,
-        dataset=rules.define_pool.output.info,
+        pool=kept(rules.define_pool.output.pool),
+        dataset=kept(rules.define_pool.output.info),
         model=lambda w: previous(w, "model.pt"),
         labelled=lambda w: previous(w, "labelled.csv"),
     output:

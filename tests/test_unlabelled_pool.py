@@ -380,9 +380,13 @@ def test_a_workflow_on_own_images_starts_from_the_labels_given(tmp_path: Path) -
     assert not (run / "round000/to_label.csv").exists()
 
     write_images(root, ["c/new.png"], seed=2)  # the folder grows: define_pool's listing param changes
-    grown_run = snakemake(tmp_path, "--dry-run", "results/own/svpp/margin/seed0/round001/labelled.csv",
-                          configfiles=(config,))
-    assert grown_run.returncode == 0 and "define_pool" in grown_run.stdout, grown_run.stdout[-3000:]
+    grown_run = run_until("results/own/svpp/margin/seed0/round001/labelled.csv")
+    assert grown_run.returncode == 0, grown_run.stdout[-3000:] + grown_run.stderr[-4000:]
+    ran = grown_run.stdout + grown_run.stderr
+    assert "define_pool" in ran and "extract_pretrained" in ran, ran[-3000:]
+    assert not {"initial_labels", "select_proxy", "request_labels", "label"} & set(re.findall(r"rule (\w+):", ran))
+    assert pd.read_csv(run / "round001/labelled.csv").equals(grown)  # the labels paid for are kept
+    assert pd.read_csv(tmp_path / "results/own/data/pool.csv")["sample_id"].tolist()[-1] == "c/new.png"
 
 
 @pytest.mark.workflow
