@@ -215,7 +215,7 @@ def test_a_run_without_a_test_set_trains_delivers_and_reports(tmp_path: Path) ->
     page = (experiment / "report" / "table1.html").read_text()
     assert "no labelled test set" in page
     predicted = pd.read_csv(experiment / "report" / "predicted_classes.csv")
-    assert predicted["images"].sum() == N_POOL - N_LABELLED
+    assert predicted["predicted"].sum() == N_POOL - N_LABELLED
     counts = pd.read_csv(experiment / "report" / "class_counts.csv")
     assert counts[list(FASHION_MNIST_CLASSES)].sum(axis=1).tolist() == [N_LABELLED]
     assert (experiment / "report" / "accuracy.png").stat().st_size > 0

@@ -58,7 +58,9 @@ def _read_csv(path: str | Path, columns: list[str], what: str) -> pd.DataFrame:
             "Fix the header or delete the file and rerun."
         )
     for column in (c for c in columns if c not in NON_INTEGER_COLUMNS):
-        if frame[column].isna().any() or not pd.api.types.is_integer_dtype(frame[column]):
+        if frame.empty:  # a header alone (a source without a test set) reads as text columns
+            frame[column] = frame[column].astype(np.int64)
+        elif frame[column].isna().any() or not pd.api.types.is_integer_dtype(frame[column]):
             raise DataError(f"{what} file {path}: column '{column}' must hold integers only (found empty or non-integer values)")
     return frame[columns]
 
