@@ -6,8 +6,6 @@
 # checkpoint and resume. At the delivery points (evaluation.deliver) `deliver` writes what the
 # user takes home from the evaluation's model, which the evaluation keeps in the cache for it.
 
-from types import SimpleNamespace
-
 
 # One definition, two rules: standard AL's fine-tune also writes the model its next round
 # selects with (a rule's outputs cannot depend on its wildcards).
@@ -49,18 +47,6 @@ for KEEPS_MODEL in (False, True):
             "--recipe {params.recipe} {params.decision} --pool {input.pool} --labelled {input.labelled} "
             "--test {input.test} --seed {wildcards.seed} --round {wildcards.r} --cache-dir {params.cache} "
             "{params.share} {params.model_out} --out {output.metrics}"
-
-
-def delivered_round(wildcards):
-    """The round whose evaluation a delivery folder (final, round<r>/delivered) packs up."""
-    return SimpleNamespace(method=wildcards.method, strategy=wildcards.strategy, seed=wildcards.seed,
-                           r=f"{PLAN.delivery_round(wildcards.point):03d}")
-
-
-def deliver_inputs(wildcards):
-    at = delivered_round(wildcards)
-    # metrics.json: the evaluation ran first, so its model is in the cache.
-    return {**evaluate_inputs(at), "metrics": round_file(at, "metrics.json"), "dataset": rules.define_pool.output.info}
 
 
 DELIVERY = f"{RUN}/{{point}}"

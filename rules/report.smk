@@ -57,7 +57,7 @@ rule report_figures:
     input:
         rules.summarize.output,
         # Each run's final model's pool predictions (predicted_classes).
-        [f for f in PLAN.delivery_files() if f.endswith(f"/{plan.FINAL_FOLDER}/predictions.csv")],
+        [f for f in PLAN.delivery_files() if f.endswith(os.path.join(plan.FINAL_FOLDER, "predictions.csv"))],
     output:
         accuracy=report(f"{REPORT}/accuracy.png", caption="captions/accuracy.rst", category="1. Curves"),
         equivalent=report(f"{REPORT}/equivalent_labels.png", caption="captions/equivalent_labels.rst", category="1. Curves"),
