@@ -220,3 +220,19 @@ def test_a_run_without_a_test_set_trains_delivers_and_reports(tmp_path: Path) ->
     assert counts[list(FASHION_MNIST_CLASSES)].sum(axis=1).tolist() == [N_LABELLED]
     assert (experiment / "report" / "accuracy.png").stat().st_size > 0
     assert "no labelled test set" in advise(experiment, 0.05, 3.0)
+
+
+def test_delivery_points_follow_evaluation_deliver() -> None:
+    from asvp.plan import DELIVERED_FILES, Plan
+
+    settings = {"experiment": "unit", "methods": ["random", "standard"], "seeds": [0],
+                "schedule": {"budgets": [20, 20, 20, 20, 20]}, "evaluation": {"at": [20, 60]}}
+    final_only = Plan(validate_config(settings))
+    assert final_only.delivered_rounds("random") == [4] and final_only.delivery_folder(4) == "final"
+    assert final_only.delivery_files() == [f"results/unit/{run}/final/{name}" for run in ("random/random/seed0", "standard/margin/seed0")
+                                           for name in DELIVERED_FILES]
+    assert final_only.shares_model("random", 4) and not final_only.shares_model("random", 2)
+    every = Plan(validate_config({**settings, "evaluation": {"at": [20, 60], "deliver": "all"}}))
+    assert every.delivered_rounds("random") == every.delivered_rounds("standard") == [0, 2, 4]
+    assert every.delivery_folder(2) == "round002/delivered" and every.delivery_round("round002/delivered") == 2
+    assert every.delivery_round("final") == 4 and every.shares_model("random", 2) and not every.shares_model("standard", 3)
