@@ -189,6 +189,7 @@ def test_a_foreign_file_is_refused_with_its_name(tmp_path: Path, capsys: pytest.
 def test_a_run_without_a_test_set_trains_delivers_and_reports(tmp_path: Path) -> None:
     from asvp.advisor import advise
     from asvp.steps.report import report, summarize
+    from asvp.tables import run_notice
 
     config, experiment = _experiment(tmp_path, empty_test=True)
     data, round0 = experiment / "data", experiment / RUN / "round000"
@@ -220,6 +221,8 @@ def test_a_run_without_a_test_set_trains_delivers_and_reports(tmp_path: Path) ->
     assert counts[list(FASHION_MNIST_CLASSES)].sum(axis=1).tolist() == [N_LABELLED]
     assert (experiment / "report" / "accuracy.png").stat().st_size > 0
     assert "no labelled test set" in advise(experiment, 0.05, 3.0)
+    notice = run_notice(experiment / "summary.csv")
+    assert "no labelled test set" in notice and f"{experiment}/<method>/<strategy>/seed<k>/final/" in notice
 
 
 def test_delivery_points_follow_evaluation_deliver() -> None:

@@ -16,10 +16,10 @@ import pandas as pd
 import yaml
 
 from asvp import costs, metrics, plots
-from asvp.tables import NO_TEST_SET, has_test_set
 from asvp.atomic import atomic_path, read_json, write_csv
 from asvp.errors import DataError
 from asvp.methods import METHODS
+from asvp.tables import NO_TEST_SET, has_test_set
 
 FIGURES = ("accuracy.png", "equivalent_labels.png", "cost_vs_time.png", "decisions.png", "predicted_classes.png")
 TABLES = ("table1.html", "table3.html", "comparisons.html", "saving_points.html", "time_model.html", "decisions.html",

@@ -188,12 +188,13 @@ def run_notice(summary_csv: str | Path) -> str:
         return ""
     frame = pd.read_csv(summary_csv)
     if not has_test_set(frame):
-        lines = [f"asvp-flow: {NO_TEST_SET}",
-                 f"asvp-flow: each run's final model and its predictions for the unlabelled pool: "
-                 f"{summary_csv.parent}/<method>/<strategy>/seed<k>/final/"]
+        lines = [f"asvp-flow: {NO_TEST_SET}"]
     else:
         table = frame.groupby(["method", "strategy", "n_labelled"])["accuracy"].agg(["mean", "std", "count"])
         lines = [f"asvp-flow: mean test accuracy ({summary_csv}):", table.round(3).to_string()]
+    if any(summary_csv.parent.glob("*/*/seed*/final/model.pt")):
+        lines.append(f"asvp-flow: each run's final model (model.pt, model.torchscript.pt) and its predictions for the "
+                     f"unlabelled pool (predictions.csv): {summary_csv.parent}/<method>/<strategy>/seed<k>/final/")
     diverged = frame[frame.get("status", pd.Series("ok", index=frame.index)) == "diverged"]
     for _, row in diverged.iterrows():
         lines.append(

@@ -52,8 +52,9 @@ def deliver(config: dict[str, Any], recipe: str, pool: str, labelled: str, test:
     image), labelled.csv and metrics.json.
 
     The model is the evaluation's own fine-tune, taken from the fine-tune cache (the evaluate
-    job keeps it there at a delivery point); trained again, bit for bit, only when the cache
-    lacks it (after a refresh's fine-tune, whose model goes once its re-extraction is done).
+    job keeps it there at a delivery point); trained again from the same inputs only when the
+    cache lacks it (after a refresh's fine-tune, whose model goes once its re-extraction is done).
+    Predicting the unlabelled pool costs about one feature extraction of it.
     """
     import torch
 
