@@ -179,7 +179,8 @@ def test_proxy_change_reruns_only_proxy_dependent_jobs(finished_run: Path, tmp_p
     assert jobs, result.stdout[-2000:]
     per_round = [(rule, w) for rule, w in jobs if "method" in w]
     assert {w["method"] for _, w in per_round} == {"svpp", "asvp"}
-    assert all(int(w["r"]) >= 1 for _, w in per_round)
+    assert all(int(w["r"]) >= 1 for _, w in per_round if "r" in w)
+    assert {w["point"] for rule, w in per_round if rule == "deliver"} == {"final"}  # their final models, again
     rules = {rule for rule, _ in jobs}
     assert rules >= {"select_proxy", "select_proxy_decide"}  # each trains its proxy (then selects, labels)
     assert not rules & {"define_pool", "extract_pretrained", "select_initial", "select_random", "select_model"}
@@ -193,7 +194,7 @@ def test_lpft_baseline_is_planned_with_its_own_recipe(finished_run: Path, tmp_pa
     jobs = planned_jobs(result.stdout)
     assert {w.get("method") for _, w in jobs if "method" in w} == {"standard_lpft"}  # nothing else reruns
     # Selection jobs label their batch themselves (simulated oracle).
-    assert {rule for rule, w in jobs if "method" in w} == {"select_initial", "finetune_standard", "select_model"}
+    assert {rule for rule, w in jobs if "method" in w} == {"select_initial", "finetune_standard", "select_model", "deliver"}
     assert "--recipe lpft" in result.stdout
 
 
