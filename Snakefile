@@ -53,6 +53,7 @@ rule all:
     input:
         PLAN.round_files(),
         PLAN.metrics_files(),
+        PLAN.delivery_files(),
         PLAN.request_files(),
         f"{RES}/config.yaml",
         # With a human oracle the tables wait for the first answered evaluation point.

@@ -4,6 +4,7 @@ import json
 import os
 import shlex
 import sys
+from types import SimpleNamespace
 
 sys.setrecursionlimit(100000)  # a chain of hundreds of rounds recurses deeply in DAG building
 sys.path.insert(0, f"{workflow.basedir}/src")
@@ -181,3 +182,16 @@ def evaluate_inputs(wildcards):
         # After a refresh's fine-tune (same labels, FT) the evaluation reuses it: wait for it.
         inputs["features"] = round_file(wildcards, "features.h5")
     return inputs
+
+
+def delivered_round(wildcards):
+    """The round whose evaluation a delivery folder (final, round<r>/delivered) packs up."""
+    return SimpleNamespace(method=wildcards.method, strategy=wildcards.strategy, seed=wildcards.seed,
+                           r=f"{PLAN.delivery_round(wildcards.point):03d}")
+
+
+def deliver_inputs(wildcards):
+    at = delivered_round(wildcards)
+    # metrics.json: the evaluation ran first, so its model is in the cache.
+    return {**evaluate_inputs(at), "metrics": round_file(at, "metrics.json"), "dataset": rules.define_pool.output.info}
+

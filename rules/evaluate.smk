@@ -3,7 +3,8 @@
 # as ASVP's decision says) and measure test accuracy. Standard AL fine-tunes every round, because
 # its next round selects with that model. Fine-tunes are cached by what determines them
 # (asvp.finetune), so equal inputs across methods, strategies and rules train once; they
-# checkpoint and resume.
+# checkpoint and resume. At the delivery points (evaluation.deliver) `deliver` writes what the
+# user takes home from the evaluation's model, which the evaluation keeps in the cache for it.
 
 
 # One definition, two rules: standard AL's fine-tune also writes the model its next round
@@ -28,7 +29,7 @@ for KEEPS_MODEL in (False, True):
             model_out=lambda w, output: f"--model-out {output.model}" if "model" in output.keys() else "",
             cfg=lambda w: params(*plan.finetune_sections(w.method)),
             cache=FINETUNES,
-            share=lambda w: "--share-model" if int(w.r) == 0 and PLAN.shares_round0_model() else "",
+            share=lambda w: "--share-model" if PLAN.shares_model(w.method, int(w.r)) else "",
         threads: JOB_THREADS
         resources:
             gpu=FINETUNE.gpu,
@@ -46,3 +47,42 @@ for KEEPS_MODEL in (False, True):
             "--recipe {params.recipe} {params.decision} --pool {input.pool} --labelled {input.labelled} "
             "--test {input.test} --seed {wildcards.seed} --round {wildcards.r} --cache-dir {params.cache} "
             "{params.share} {params.model_out} --out {output.metrics}"
+
+
+DELIVERY = f"{RUN}/{{point}}"
+
+
+rule deliver:
+    wildcard_constraints:
+        point=r"final|round\d{3}/delivered",
+    input:
+        unpack(deliver_inputs),
+    output:
+        model=f"{DELIVERY}/model.pt",
+        torchscript=f"{DELIVERY}/model.torchscript.pt",
+        predictions=f"{DELIVERY}/predictions.csv",
+        labelled=f"{DELIVERY}/labelled.csv",
+        metrics=f"{DELIVERY}/metrics.json",
+    params:
+        recipe=lambda w: methods.training_recipe(w.method),
+        decision=lambda w, input: f"--decision {input.decision}" if "decision" in input.keys() else "",
+        cfg=lambda w: params(*plan.finetune_sections(w.method)),
+        cache=FINETUNES,
+        r=lambda w: delivered_round(w).r,
+        folder=lambda w, output: os.path.dirname(output.model),
+    threads: JOB_THREADS
+    resources:
+        gpu=FINETUNE.gpu,
+        mem_mb=FINETUNE.mem_mb,
+        runtime=FINETUNE.runtime,
+    log:
+        f"{DELIVERY}/logs/deliver.log",
+    benchmark:
+        f"{DELIVERY}/benchmarks/deliver.tsv"
+    conda:
+        CONDA_ENV
+    shell:
+        "asvp --log {log} --threads {threads} deliver --gpus {resources.gpu} --config-json {params.cfg} "
+        "--recipe {params.recipe} {params.decision} --pool {input.pool} --labelled {input.labelled} "
+        "--test {input.test} --dataset-json {input.dataset} --seed {wildcards.seed} --round {params.r} "
+        "--cache-dir {params.cache} --out-dir {params.folder}"

@@ -56,6 +56,8 @@ REPORT = f"{RES}/report"
 rule report_figures:
     input:
         rules.summarize.output,
+        # Each run's final model's pool predictions (predicted_classes).
+        [f for f in PLAN.delivery_files() if f.endswith(os.path.join(plan.FINAL_FOLDER, "predictions.csv"))],
     output:
         accuracy=report(f"{REPORT}/accuracy.png", caption="captions/accuracy.rst", category="1. Curves"),
         equivalent=report(f"{REPORT}/equivalent_labels.png", caption="captions/equivalent_labels.rst", category="1. Curves"),
@@ -69,6 +71,8 @@ rule report_figures:
         comparisons=report(f"{REPORT}/comparisons.html", caption="captions/comparisons.rst", category="2. Saving and cost"),
         per_class=report(f"{REPORT}/per_class_accuracy.html", caption="captions/per_class.rst", category="5. Per class"),
         counts=report(f"{REPORT}/class_counts.html", caption="captions/class_counts.rst", category="5. Per class"),
+        predicted_plot=report(f"{REPORT}/predicted_classes.png", caption="captions/predicted_classes.rst", category="5. Per class"),
+        predicted=report(f"{REPORT}/predicted_classes.html", caption="captions/predicted_classes.rst", category="5. Per class"),
         config=report(f"{REPORT}/config.html", caption="captions/config.rst", category="6. Config"),
     params:
         cfg=params("cost", "methods", "strategies", "seeds", "schedule", "evaluation", "decision", "data", "backbone",

@@ -68,7 +68,7 @@ def test_summary_columns_are_metadata_then_sorted_seconds_per_rule(experiment: t
         "seconds_evaluate", "seconds_extract_pretrained", "seconds_finetune", "seconds_label",
         "seconds_select", "seconds_select_initial", "seconds_train_proxy",
     ]
-    metadata = ["experiment", "method", "strategy", "seed", "round", "n_labelled", "accuracy", "train_method",
+    metadata = ["experiment", "method", "strategy", "seed", "round", "n_labelled", "accuracy", "n_test", "train_method",
                 "status", "final_train_accuracy", "reused_finetune", "finetune_key", "device"]
     assert list(frame.columns) == [*metadata, *seconds]
     written = pd.read_csv(out)

@@ -119,7 +119,27 @@ def test_equal_fine_tunes_train_once_and_models_are_not_kept(finished_run: Path)
     assert metrics[("asvp", 1)]["reused"] and metrics[("asvp", 1)]["train_method"] == "ft"
     for entry in metrics.values():
         assert entry["status"] in ("ok", "diverged") and entry["loss_curve"]
-    assert not list(results.rglob("model.pt")) and not list(results.rglob("refresh_model.pt"))
+    assert not [p for p in results.rglob("model.pt") if p.parent.name != "final"]
+    assert not list(results.rglob("refresh_model.pt"))
+
+
+def test_every_run_delivers_its_final_model(finished_run: Path) -> None:
+    from asvp.delivery import load_model
+
+    results = finished_run / "results/tiny"
+    for m, s in (("random", "random"), ("standard", "margin"), ("svpp", "margin"), ("asvp", "margin")):
+        run = results / f"{m}/{s}/seed0"
+        final = run / "final"
+        assert sorted(p.name for p in final.iterdir() if p.is_file()) == [
+            "labelled.csv", "metrics.json", "model.pt", "model.torchscript.pt", "predictions.csv"]
+        assert (final / "labelled.csv").read_bytes() == (run / "round002/labelled.csv").read_bytes()
+        evaluated = json.loads((run / "round002/metrics.json").read_text())
+        assert json.loads((final / "metrics.json").read_text())["accuracy"] == evaluated["accuracy"]
+        model = load_model(final / "model.pt")
+        assert model.classes[9] == "Ankle boot" and model.info["recipe"] == evaluated["train_method"]
+        predictions = pd.read_csv(final / "predictions.csv")
+        labelled = set(pd.read_csv(final / "labelled.csv")["pool_index"])
+        assert predictions["pool_index"].tolist() == [i for i in range(300) if i not in labelled]
 
 
 def test_evaluation_points_are_planned_apart_from_selection_rounds(tmp_path: Path) -> None:
@@ -159,7 +179,8 @@ def test_proxy_change_reruns_only_proxy_dependent_jobs(finished_run: Path, tmp_p
     assert jobs, result.stdout[-2000:]
     per_round = [(rule, w) for rule, w in jobs if "method" in w]
     assert {w["method"] for _, w in per_round} == {"svpp", "asvp"}
-    assert all(int(w["r"]) >= 1 for _, w in per_round)
+    assert all(int(w["r"]) >= 1 for _, w in per_round if "r" in w)
+    assert {w["point"] for rule, w in per_round if rule == "deliver"} == {"final"}  # their final models, again
     rules = {rule for rule, _ in jobs}
     assert rules >= {"select_proxy", "select_proxy_decide"}  # each trains its proxy (then selects, labels)
     assert not rules & {"define_pool", "extract_pretrained", "select_initial", "select_random", "select_model"}
@@ -173,7 +194,7 @@ def test_lpft_baseline_is_planned_with_its_own_recipe(finished_run: Path, tmp_pa
     jobs = planned_jobs(result.stdout)
     assert {w.get("method") for _, w in jobs if "method" in w} == {"standard_lpft"}  # nothing else reruns
     # Selection jobs label their batch themselves (simulated oracle).
-    assert {rule for rule, w in jobs if "method" in w} == {"select_initial", "finetune_standard", "select_model"}
+    assert {rule for rule, w in jobs if "method" in w} == {"select_initial", "finetune_standard", "select_model", "deliver"}
     assert "--recipe lpft" in result.stdout
 
 
@@ -265,7 +286,7 @@ def test_rerunning_proxy_selection_reproduces_it_bit_for_bit(finished_run: Path)
 
 def test_report_holds_every_figure_and_table(finished_run: Path) -> None:
     report_dir = finished_run / "results/tiny/report"
-    for name in ("accuracy.png", "equivalent_labels.png", "cost_vs_time.png", "decisions.png"):
+    for name in ("accuracy.png", "equivalent_labels.png", "cost_vs_time.png", "decisions.png", "predicted_classes.png"):
         assert (report_dir / name).stat().st_size > 5000, name  # a drawn figure, not an empty canvas
     table1 = pd.read_csv(report_dir / "table1.csv")
     assert set(table1["method"]) == METHODS

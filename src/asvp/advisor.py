@@ -12,6 +12,7 @@ import pandas as pd
 
 from asvp import costs, methods
 from asvp.errors import DataError
+from asvp.tables import NO_TEST_SET, has_test_set
 
 ASVP_LIKE = ("asvp",)
 
@@ -50,6 +51,21 @@ def break_even(asvp: pd.Series, standard: pd.Series, gpu_hour_price: float) -> s
             f"(it needs {-label_gap:.0f} more labels but saves {-compute_gap:.4f} USD of compute)")
 
 
+def without_test_set(experiment_dir: Path, summary: pd.DataFrame, rounds: pd.DataFrame, prices: costs.Prices,
+                     label_price: float, gpu_hour_price: float) -> str:
+    """No accuracy, so no method can be said to reach a target cheaper: say so, and what each
+    run spent to its last evaluation point at these prices."""
+    lines = [f"asvp advise: {experiment_dir}: {NO_TEST_SET}",
+             f"What each run spent to its last evaluation point, at {label_price:g} USD per label and "
+             f"{gpu_hour_price:g} USD per GPU hour:"]
+    table = costs.compute_table(summary, rounds, prices)
+    last = table[table["n_labelled"] == table.groupby(costs.RUN_KEYS)["n_labelled"].transform("max")]
+    for row in last.sort_values(costs.RUN_KEYS).to_dict("records"):
+        lines.append(f"  {row['method']:<20} {row['strategy']:<10} seed {row['seed']}: {row['n_labelled']} labels, "
+                     f"{row['compute_hours']:.3f} compute h, {row['total_cost']:.2f} USD")
+    return "\n".join(lines)
+
+
 def advise(experiment: str | Path, label_price: float, gpu_hour_price: float, target_accuracy: float | None = None,
            cpu_to_gpu_factor: float = 1.0) -> str:
     """From a finished (pilot) run, results/<experiment>: which method reaches a target accuracy
@@ -59,6 +75,8 @@ def advise(experiment: str | Path, label_price: float, gpu_hour_price: float, ta
     summary, rounds = _load(experiment_dir)
     prices = costs.Prices.from_config({"label_price": label_price, "compute_price_per_hour": gpu_hour_price,
                                        "cpu_to_gpu_factor": cpu_to_gpu_factor})
+    if not has_test_set(summary):
+        return without_test_set(experiment_dir, summary, rounds, prices, label_price, gpu_hour_price)
     target = costs.random_target(summary) if target_accuracy is None else float(target_accuracy)
     per_run = per_method_costs(summary, rounds, prices, target)
     grouped = per_run.groupby(["method", "strategy"])

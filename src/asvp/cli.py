@@ -57,6 +57,7 @@ COMMANDS: dict[str, Command] = {
     "refresh-features": Command("asvp.steps.decide:refresh_features", "refresh_features"),  # torch only to refresh
     # rules/evaluate.smk
     "evaluate": Command("asvp.steps.evaluate:evaluate", "evaluate", torch=True),
+    "deliver": Command("asvp.steps.evaluate:deliver", "deliver", torch=True),
     # rules/report.smk
     "summarize": Command("asvp.steps.report:summarize", "summarize"),
     "report": Command("asvp.steps.report:report", "report"),
@@ -64,6 +65,7 @@ COMMANDS: dict[str, Command] = {
     # for people, not rules
     "validate-config": Command("asvp.config:validated_json", "validate_config"),
     "advise": Command("asvp.advisor:advise", "advise"),
+    "predict": Command("asvp.delivery:predict_images", "predict", torch=True),
     "example-images": Command("asvp.data.example:write_example_images", "example_images"),
 }
 

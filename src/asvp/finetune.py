@@ -93,15 +93,16 @@ def _exclusive(lock: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def divergence(history: list[dict[str, Any]], accuracy: float, num_classes: int) -> list[str]:
-    """Why a fine-tune counts as diverged (empty: it did not)."""
+def divergence(history: list[dict[str, Any]], accuracy: float | None, num_classes: int) -> list[str]:
+    """Why a fine-tune counts as diverged (empty: it did not). Without a test set (accuracy
+    None) only the loss curve can tell."""
     reasons = []
     for stage in dict.fromkeys(h["stage"] for h in history):
         losses = [h["loss"] for h in history if h["stage"] == stage]
         if len(losses) > 1 and losses[-1] > losses[0] * (1 + LOSS_TOLERANCE):
             reasons.append(f"{stage} loss rose from {losses[0]:.3f} (first epoch) to {losses[-1]:.3f} (last epoch)")
     chance = 1.0 / num_classes
-    if accuracy < chance + CHANCE_MARGIN:
+    if accuracy is not None and accuracy < chance + CHANCE_MARGIN:
         reasons.append(f"test accuracy {accuracy:.3f} is within {CHANCE_MARGIN:.2f} of chance ({chance:.3f})")
     return reasons
 
@@ -134,9 +135,15 @@ def _train_model(config: dict[str, Any], recipe_kind: str, pool_csv: str | Path,
     return model, history, num_classes
 
 
-def test_accuracy(config: dict[str, Any], model: Classifier, test_csv: str | Path) -> tuple[float, list[float | None]]:
-    """Overall test accuracy and per-class accuracy (None for a class with no test image)."""
+def test_accuracy(config: dict[str, Any], model: Classifier, test_csv: str | Path) -> tuple[float | None, list[float | None]]:
+    """Overall test accuracy and per-class accuracy (None for a class with no test image).
+
+    A data source without a labelled test set writes test.csv with no rows: the accuracy is then
+    None (not 0, not NaN: there is nothing to measure), and the test split is never opened.
+    """
     table = read_split_table(test_csv)
+    if table.empty:
+        return None, [None] * int(model.head.out_features)
     dataset = dataset_for(config["data"], "test", table["source_index"].to_numpy(), train_mode=False)
     probabilities, _ = predict(
         model, dataset, batch_size=PREDICT_BATCH_SIZE, device=resolve_device(config["device"]),

@@ -21,7 +21,7 @@ from asvp.strategies.base import STRATEGIES
 
 # Keys that choose which jobs exist, not what a job computes: left out of params so that
 # changing them never reruns the jobs that remain.
-PLANNING_KEYS: dict[str, tuple[str, ...]] = {"evaluation": ("at",)}
+PLANNING_KEYS: dict[str, tuple[str, ...]] = {"evaluation": ("at", "deliver")}
 # Keys added after results existed, left out of params while they hold the value that behaves
 # as before they existed: adding a key must not make every job of an existing experiment look
 # changed (fine-tune cache keys hash the same excerpt). A new key with a default goes here.
@@ -30,6 +30,11 @@ NEUTRAL_VALUES: dict[str, dict[str, Any]] = {
              "initial_labels": None},
     "schedule": {"cold_start": "random"},
 }
+
+# What a delivery folder holds (asvp.steps.evaluate.deliver): a run's final/, or with
+# evaluation.deliver: all also round<r>/delivered/ at its other evaluation points.
+DELIVERED_FILES = ("model.pt", "model.torchscript.pt", "predictions.csv", "labelled.csv", "metrics.json")
+FINAL_FOLDER = "final"
 
 
 def params_excerpt(config: dict[str, Any], *sections: str) -> dict[str, Any]:
@@ -245,6 +250,34 @@ class Plan:
         return [f"{self.run_dir(*run)}/round{r:03d}/{name}"
                 for r in range(self.n_rounds) for run in labelled if r in labelled[run]
                 for name in ["labelled.csv"] + (["decision.json"] if methods.method(run[0]).decides else [])]
+
+    def delivered_rounds(self, method: str) -> list[int]:
+        """Evaluation points whose model is delivered: the last round, or every one with deliver: all."""
+        evaluated = [r for r in self.rounds_of(method) if r in self.eval_rounds]
+        return evaluated if self.config["evaluation"]["deliver"] == "all" else [self.n_rounds - 1]
+
+    def delivery_folder(self, r: int) -> str:
+        """Where round r's delivery goes inside a run folder."""
+        return FINAL_FOLDER if r == self.n_rounds - 1 else f"round{r:03d}/delivered"
+
+    def delivery_round(self, folder: str) -> int:
+        """The round a delivery folder (`delivery_folder`) comes from."""
+        return self.n_rounds - 1 if folder == FINAL_FOLDER else int(folder.split("/")[0].removeprefix("round"))
+
+    def delivery_files(self) -> list[str]:
+        """Every delivered file of every run, at the delivery points whose labels exist."""
+        files = []
+        for run in self.runs():
+            labelled = set(self.labelled_rounds(*run))
+            for r in self.delivered_rounds(run[0]):
+                if r in labelled:
+                    files += [f"{self.run_dir(*run)}/{self.delivery_folder(r)}/{name}" for name in DELIVERED_FILES]
+        return files
+
+    def shares_model(self, method: str, r: int) -> bool:
+        """Whether round r's fine-tune keeps its model in the cache for another job: round 0's for
+        standard AL's round-1 selection, a delivery point's for the delivery."""
+        return (r == 0 and self.shares_round0_model()) or r in self.delivered_rounds(method)
 
     def shares_round0_model(self) -> bool:
         """Round 0 is the same fine-tune for every method of a seed; standard AL needs its model."""

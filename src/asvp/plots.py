@@ -50,9 +50,14 @@ def _empty(axis: plt.Axes, message: str) -> None:
     axis.text(0.5, 0.5, message, ha="center", va="center", transform=axis.transAxes, wrap=True)
 
 
-def accuracy_curves(summary: pd.DataFrame, out: str | Path) -> None:
-    """Fig. 11: test accuracy vs labels, mean over seeds with a min-max band."""
+def accuracy_curves(summary: pd.DataFrame, out: str | Path, no_accuracy: str = "") -> None:
+    """Fig. 11: test accuracy vs labels, mean over seeds with a min-max band (`no_accuracy`:
+    why there is none to draw, said in the figure)."""
     figure, axis = plt.subplots(figsize=(7, 4.5))
+    if no_accuracy:
+        _empty(axis, "\n".join(textwrap.wrap(no_accuracy, 60)))
+        _save(figure, out)
+        return
     ok = summary[summary["status"] != "diverged"]
     for (method, strategy), group in ok.groupby(["method", "strategy"]):
         stats = group.groupby("n_labelled")["accuracy"].agg(["mean", "min", "max"]).reset_index()
@@ -141,6 +146,28 @@ def decision_plot(decisions: pd.DataFrame, out: str | Path) -> None:
         axis.set_yscale("log")
         axis.plot([], [], color="grey", linestyle=":", label="features refreshed")
     axis.set(xlabel="labelled images", ylabel="|LogME-PED(t) - LogME-PED(t-1)|", title="ASVP's refresh rule per round")
+    axis.grid(alpha=0.3)
+    _legend(axis, 7)
+    _save(figure, out)
+
+
+def predicted_classes_plot(predicted: pd.DataFrame, out: str | Path) -> None:
+    """Share of each class among a run's labels and among its final model's predictions for the
+    unlabelled pool: where the model (or the selection) leans towards a class."""
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    if predicted.empty:
+        _empty(axis, "no final model delivered yet (final/predictions.csv)")
+    else:
+        names = list(dict.fromkeys(predicted["class"]))
+        x = np.arange(len(names))
+        for (method, strategy, seed), group in predicted.groupby(["method", "strategy", "seed"], sort=True):
+            group = group.set_index("class").loc[names]
+            line, = axis.plot(x, group["predicted_share"], marker="o", label=f"{_label(method, strategy)} seed {seed}: predicted")
+            labelled = group["labelled"] / max(int(group["labelled"].sum()), 1)
+            axis.plot(x, labelled, marker="x", linestyle="--", color=line.get_color(), alpha=0.7)
+        axis.plot([], [], marker="x", linestyle="--", color="grey", label="labelled set (same colour)")
+        axis.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+    axis.set(ylabel="share of images", title="Final model's predicted classes over the unlabelled pool")
     axis.grid(alpha=0.3)
     _legend(axis, 7)
     _save(figure, out)

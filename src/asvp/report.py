@@ -19,10 +19,11 @@ from asvp import costs, metrics, plots
 from asvp.atomic import atomic_path, read_json, write_csv
 from asvp.errors import DataError
 from asvp.methods import METHODS
+from asvp.tables import NO_TEST_SET, has_test_set
 
-FIGURES = ("accuracy.png", "equivalent_labels.png", "cost_vs_time.png", "decisions.png")
+FIGURES = ("accuracy.png", "equivalent_labels.png", "cost_vs_time.png", "decisions.png", "predicted_classes.png")
 TABLES = ("table1.html", "table3.html", "comparisons.html", "saving_points.html", "time_model.html", "decisions.html",
-          "per_class_accuracy.html", "class_counts.html", "config.html")
+          "per_class_accuracy.html", "class_counts.html", "predicted_classes.html", "config.html")
 ABLATIONS = {m.name: m.table3_variant for m in METHODS.values() if m.table3_variant}  # paper Table 3's rows
 
 
@@ -99,6 +100,28 @@ def class_counts(counts: pd.DataFrame) -> pd.DataFrame:
     return counts.groupby(["method", "strategy", "round", "n_labelled"])[names].mean().round(1).reset_index()
 
 
+def predicted_classes(experiment_dir: Path, summary: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Per run and class: the final model's predicted classes over the unlabelled pool (its
+    final/predictions.csv) beside the labelled set (final/labelled.csv). The one view of the
+    pool a run without a test set still has; with one, a class the model over- or under-predicts."""
+    rows = []
+    for method, strategy, seed in sorted(set(zip(summary["method"], summary["strategy"], summary["seed"].astype(int)))):
+        final = experiment_dir / method / strategy / f"seed{seed}" / "final"
+        if not (final / "predictions.csv").exists():
+            continue
+        predictions = pd.read_csv(final / "predictions.csv", usecols=["class", "probability"])
+        labels = pd.read_csv(final / "labelled.csv", usecols=["label"])["label"]
+        by_class = predictions.groupby("class")["probability"].agg(["size", "mean"])
+        for index, name in enumerate(classes):
+            predicted = int(by_class["size"].get(name, 0))
+            rows.append({"method": method, "strategy": strategy, "seed": seed, "class": name,
+                         "labelled": int((labels == index).sum()), "predicted": predicted,
+                         "predicted_share": predicted / len(predictions) if len(predictions) else math.nan,
+                         "mean_probability": float(by_class["mean"].get(name, math.nan))})
+    return pd.DataFrame(rows, columns=["method", "strategy", "seed", "class", "labelled", "predicted", "predicted_share",
+                                       "mean_probability"])
+
+
 def _html(frame: pd.DataFrame, title: str, note: str = "") -> str:
     body = frame.to_html(index=False, na_rep="", border=0, classes="table") if not frame.empty else "<p>(empty)</p>"
     return (f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
@@ -123,7 +146,10 @@ def build(experiment_dir: str | Path, config: dict[str, Any], out_dir: str | Pat
     prices = costs.Prices.from_config(config.get("cost", {}))
 
     gaps: dict[str, str] = {}
+    tested = has_test_set(summary)
     try:  # a gap in the yardstick (no random baseline, seeds missing, NaN) is shown, not fatal
+        if not tested:
+            raise DataError(NO_TEST_SET)
         metrics.points_are_comparable(summary)
         saving = metrics.saving_table(summary)
         average = metrics.average_saving(saving)
@@ -132,6 +158,8 @@ def build(experiment_dir: str | Path, config: dict[str, Any], out_dir: str | Pat
         gaps["saving"] = str(exc)
         saving = average = comparisons = gap_frame(str(exc))
     try:
+        if not tested:
+            raise DataError(NO_TEST_SET)
         cost_points = costs.compute_table(summary, rounds, prices)
         target = costs.random_target(summary)
         per_run = costs.cost_to_target(cost_points, prices, target)
@@ -150,26 +178,34 @@ def build(experiment_dir: str | Path, config: dict[str, Any], out_dir: str | Pat
                      f"{prices.cpu_to_gpu_factor:g}. " if on_cpu else "")
                   + "Censored points: the accuracy lies outside the random curve, so the ratio is a bound."
                   + "".join(f" GAP ({what}): {message}" for what, message in gaps.items()))
+    if not tested:
+        price_note = NO_TEST_SET + " Shown instead: the labels per class, the refresh decisions and the final models' " \
+                                   "predicted classes over the unlabelled pool."
+    predicted = predicted_classes(experiment_dir, summary, classes)
 
-    plots.accuracy_curves(summary, out_dir / "accuracy.png")
+    plots.accuracy_curves(summary, out_dir / "accuracy.png", "" if tested else NO_TEST_SET)
     plots.equivalent_labels_plot(saving, out_dir / "equivalent_labels.png")
     plots.cost_vs_time(per_run, out_dir / "cost_vs_time.png", compute_note)
     plots.decision_plot(decisions, out_dir / "decisions.png")
+    plots.predicted_classes_plot(predicted, out_dir / "predicted_classes.png")
 
     tables = {
-        "table1": gap_frame(" / ".join(gaps.values())) if gaps else table1(average, cost_table),
+        "table1": gap_frame(" / ".join(dict.fromkeys(gaps.values()))) if gaps else table1(average, cost_table),
         "table3": average if "saving" in gaps else table3(average),
         "comparisons": comparisons,
         "saving_points": saving,
         "time_model": timing,
         "decisions": decisions,
-        "per_class_accuracy": per_class_accuracy(summary, classes),
+        "per_class_accuracy": per_class_accuracy(summary, classes) if tested else gap_frame(NO_TEST_SET),
         "class_counts": class_counts(counts),
+        "predicted_classes": predicted,
         "costs": cost_points,
         "cost_per_run": per_run,
     }
     notes = {"table1": price_note, "time_model": "Seconds, means over seeds; formula = paper sec. 6.4, measured = the "
              "selection jobs' wall time to the last round" + compute_note.replace(";", ","),
+             "predicted_classes": "Each run's final model on the pool images nobody labelled (final/predictions.csv), "
+                                  "beside the labels it was trained on; mean_probability = its mean top-1 probability.",
              "table3": "Average sample saving ratio over the rounds after round 0 (paper Table 3 layout).",
              "comparisons": "asvp minus each method in average saving ratio, paired by seed; wins = seeds where asvp "
                             "is ahead; paired_t_p = paired t-test p-value (small: the gap exceeds the seeds' spread)."}

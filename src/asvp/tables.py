@@ -146,7 +146,8 @@ def summarize(experiment_dir: str | Path, metrics_files: list[str], out: str | P
             "seed": int(match["seed"]),
             "round": int(match["round"]),
             "n_labelled": metrics["n_labelled"],
-            "accuracy": metrics["accuracy"],
+            "accuracy": metrics["accuracy"],  # None (an empty cell) without a labelled test set
+            "n_test": metrics.get("n_test"),
             "train_method": metrics["train_method"],
             "status": metrics.get("status", "ok"),
             "final_train_accuracy": metrics.get("final_train_accuracy"),
@@ -168,6 +169,17 @@ def summarize(experiment_dir: str | Path, metrics_files: list[str], out: str | P
     return frame
 
 
+NO_TEST_SET = ("no labelled test set (test.csv has no rows): no accuracy can be given, nor a saving ratio or a "
+               "cost to reach an accuracy. The models were trained and delivered; label a test set to measure them.")
+
+
+def has_test_set(summary: pd.DataFrame) -> bool:
+    """Whether any evaluation had test images (a data source may come without a test set)."""
+    if "n_test" in summary.columns and summary["n_test"].notna().any():
+        return bool((summary["n_test"] > 0).any())
+    return bool(summary["accuracy"].notna().any())
+
+
 def run_notice(summary_csv: str | Path) -> str:
     """What the terminal says after a run: mean accuracy per method and evaluation point, and
     every diverged fine-tune, so a wrong curve is seen without opening a file."""
@@ -175,8 +187,14 @@ def run_notice(summary_csv: str | Path) -> str:
     if not summary_csv.exists():
         return ""
     frame = pd.read_csv(summary_csv)
-    table = frame.groupby(["method", "strategy", "n_labelled"])["accuracy"].agg(["mean", "std", "count"])
-    lines = [f"asvp-flow: mean test accuracy ({summary_csv}):", table.round(3).to_string()]
+    if not has_test_set(frame):
+        lines = [f"asvp-flow: {NO_TEST_SET}"]
+    else:
+        table = frame.groupby(["method", "strategy", "n_labelled"])["accuracy"].agg(["mean", "std", "count"])
+        lines = [f"asvp-flow: mean test accuracy ({summary_csv}):", table.round(3).to_string()]
+    if any(summary_csv.parent.glob("*/*/seed*/final/model.pt")):
+        lines.append(f"asvp-flow: each run's final model (model.pt, model.torchscript.pt) and its predictions for the "
+                     f"unlabelled pool (predictions.csv): {summary_csv.parent}/<method>/<strategy>/seed<k>/final/")
     diverged = frame[frame.get("status", pd.Series("ok", index=frame.index)) == "diverged"]
     for _, row in diverged.iterrows():
         lines.append(
