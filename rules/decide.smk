@@ -47,6 +47,8 @@ rule refresh_features:
     params:
         cfg=params("data", "backbone", "features", "finetune", "evaluation", "device"),
         cache=FINETUNES,
+        # A refresh at a delivery point is the model delivered: keep it in the cache for deliver.
+        share=lambda w: "--share-model" if PLAN.shares_model(w.method, int(w.r)) else "",
     threads: JOB_THREADS
     resources:
         # Re-evaluated once decision.json exists: a pass-through round asks for no GPU.
@@ -64,4 +66,4 @@ rule refresh_features:
         "asvp --log {log} --threads {threads} refresh-features --gpus {resources.gpu} --config-json {params.cfg} "
         "--decision {input.decision} --pool {input.pool} --test {input.test} --labelled {input.labelled} "
         "--previous-features {input.previous} --seed {wildcards.seed} --round {wildcards.r} "
-        "--cache-dir {params.cache} --out {output}"
+        "--cache-dir {params.cache} {params.share} --out {output}"

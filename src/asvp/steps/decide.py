@@ -44,7 +44,8 @@ def decide(config: dict[str, Any], method: str, features: str, labelled: str, se
 
 
 def refresh_features(config: dict[str, Any], decision: str, pool: str, test: str, labelled: str, previous_features: str,
-                     seed: int, round: int, cache_dir: str, out: str, gpus: int = 0) -> None:
+                     seed: int, round: int, cache_dir: str, out: str, share_model: bool = False,
+                     gpus: int = 0) -> None:
     """Apply a round's decision: fine-tune + re-extract when it says refresh, else link.
 
     The fine-tune restarts from the pre-trained weights on the labels so far (paper sec. 5; the
@@ -52,7 +53,8 @@ def refresh_features(config: dict[str, Any], decision: str, pool: str, test: str
     an evaluation and cached under the same key, so the round's evaluation (FT from the
     refresh on) reuses it instead of training the same labels twice. `refresh_model.pt` lives
     until the re-extraction is complete (a killed extraction resumes from it), then goes
-    unless `evaluation.keep_models`. A pass-through never imports torch.
+    unless `evaluation.keep_models`. share_model: keep the fine-tune in the cache for another job
+    (the delivery, when this round is a delivery point). A pass-through never imports torch.
     """
     if not decision_refreshes(decision):
         feature_store.link_features(previous_features, out)
@@ -67,7 +69,7 @@ def refresh_features(config: dict[str, Any], decision: str, pool: str, test: str
     if not model_path.exists():
         metrics_out = Path(out).with_name("refresh_finetune.json")  # its loss curve and test accuracy, for the record
         finetune_and_evaluate(config, "ft", pool, labelled, test, seed, metrics_out, cache_dir=cache_dir,
-                              model_out=model_path, round_index=round, processes=job_processes(config["device"], gpus))
+                              model_out=model_path, share_model=share_model, round_index=round, processes=job_processes(config["device"], gpus))
     extract(config, pool, test, out, model=str(model_path), gpus=gpus)
     if not config["evaluation"]["keep_models"]:
         model_path.unlink()
