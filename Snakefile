@@ -1,13 +1,15 @@
 # asvp-flow: aligned selection via proxy (Wen et al.), one static DAG of rounds.
 #
 # Reads like the paper's Figure 10. For each method (asvp.methods), strategy and seed:
-#   round 0    select_initial: a seeded random draw (ActiveFT: select_cold_start)       -> label
+#   round 0    select_initial: a seeded random draw (select_cold_start: a pick on the pre-trained
+#              features, schedule.cold_start or ActiveFT; initial_labels: the labels you give) -> label
 #   round r>0  select_proxy   [svpp, asvp]  train the MLP proxy on round r-1's features, score -> label
 #              select_model   [standard]    score with round r-1's fine-tuned network            -> label
 #              select_random  [random]                                                          -> label
 #   [asvp]     decide (PED + LogME) after every round -> refresh_features: fine-tune and
 #              re-extract, or link the previous version
 #   evaluation points (evaluation.at): evaluate: fine-tune (FT, LP-FT or as decided), test accuracy
+#   deliver    the last evaluation's model, with its pool predictions -> {run}/final/
 # then summarize -> results/{experiment}/summary.csv and report_figures.
 # With the simulated oracle a round's selection job also labels (and for ASVP after round 0
 # decides: select_proxy_decide). Rules only wire files to `asvp <step>` (src/asvp/steps).
@@ -61,13 +63,9 @@ rule all:
 
 
 onsuccess:
+    from asvp.oracle import waiting_note
     from asvp.tables import run_notice
 
     print(run_notice(f"{RES}/summary.csv"), file=sys.stderr)
     for folder, r in PLAN.pending_requests():
-        print(
-            f"asvp-flow: waiting for labels: {folder}/round{r:03d}/to_label.csv lists the images to label "
-            f"(to_label.png shows them); write {answers_path(folder, r)} (sample_id,class) or a folder per "
-            "class beside it, then run the same command again.",
-            file=sys.stderr,
-        )
+        print(waiting_note(folder, r, config["oracle"]), file=sys.stderr)

@@ -65,6 +65,17 @@ def answered(run_dir: str | Path, round_index: int) -> Path | None:
     return None
 
 
+def waiting_note(run_dir: str | Path, round_index: int, oracle: str) -> str:
+    """What the end of a run tells a person whose answers for round r are still missing."""
+    request = Path(run_dir) / f"round{round_index:03d}" / "to_label.csv"
+    if oracle == "label_studio":
+        return (f"asvp-flow: waiting for labels: round {round_index} of {run_dir} is in Label Studio; annotate its "
+                "tasks there, then run the same command again (finished rounds are fetched).")
+    return (f"asvp-flow: waiting for labels: {request} lists the images to label (to_label.png shows them); write "
+            f"{answers_path(run_dir, round_index)} (sample_id,class), a folder per class beside it, or Label "
+            f"Studio's JSON export as {export_path(run_dir, round_index)}, then run the same command again.")
+
+
 def _image_name(sample_id: str) -> str:
     """A file name for an array image: the id with path separators made safe."""
     return sample_id.replace("/", "_").replace("\\", "_") + ".png"
