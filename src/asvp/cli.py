@@ -67,6 +67,7 @@ COMMANDS: dict[str, Command] = {
     "advise": Command("asvp.advisor:advise", "advise"),
     "predict": Command("asvp.delivery:predict_images", "predict", torch=True),
     "example-images": Command("asvp.data.example:write_example_images", "example_images"),
+    "example-answers": Command("asvp.data.example:answer_from_key", "example_answers"),
 }
 
 

@@ -62,3 +62,18 @@ def _save(image: object, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")  # type: ignore[attr-defined]
+
+
+def answer_from_key(request: str | Path, key: str | Path, out: str | Path) -> Path:
+    """Play the annotator: answer a round's `to_label.csv` from the answer key, as a person would
+    in `labels/round<r>.csv` (sample_id,class). Only the images asked for are answered."""
+    import pandas as pd
+
+    asked = pd.read_csv(request, dtype={"sample_id": str})["sample_id"]
+    truth = pd.read_csv(key, dtype={"sample_id": str}).set_index("sample_id")["class"]
+    missing = sorted(set(asked) - set(truth.index))
+    if missing:
+        raise DataError(f"{key} has no class for {len(missing)} requested image(s), e.g. {missing[0]}; "
+                        "it answers only the pool that `asvp example-images` wrote")
+    write_csv(out, pd.DataFrame({"sample_id": asked, "class": truth.loc[asked].to_numpy()}))
+    return Path(out)
