@@ -54,9 +54,9 @@ def normalised_change(difference: float, n_before: int, n_after: int, rule: str)
         the labelled set scaled so that the paper's firing round (400 -> 600) keeps its value;
       per_labels: |delta| x 200 / (n_after - n_before), the change per 200 labels, equal to the
         paper's value at every 200-label round.
-    On the default's features (benchmarks/refresh_rule.py) per_doubling fires at the most
-    similar label count across rounds of 25-200 labels (spread 117-167 labels at thresholds
-    1-4, per_labels 200-258, paper 525-775), hence the default.
+    On the default's features (benchmarks/refresh_rule.py, BENCHMARKS.md) per_doubling fires at
+    the most similar label count across rounds of 25-200 labels: its mean firing points spread
+    over 115-145 labels at thresholds 1-4, per_labels' over 200-260, the paper's over 525-775.
     """
     if rule == "paper":
         return difference
