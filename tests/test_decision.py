@@ -16,8 +16,10 @@ from asvp.features import link_features
 
 
 def settings(**overrides) -> dict:
+    """The schema's decision settings with the paper's rule: these tests compare a labelled set
+    with itself, which only the raw difference can (tests/test_refresh_rule.py has the others)."""
     decision = validate_config({"experiment": "t"})["decision"]
-    decision.update(overrides)
+    decision.update(rule="paper", **overrides)
     return decision
 
 

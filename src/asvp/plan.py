@@ -177,9 +177,26 @@ class Plan:
         self._pulled: set[tuple[str, int]] = set()
 
     def describe(self) -> str:
-        """The evaluation points, as the run prints them at start-up."""
+        """The evaluation points, as the run prints them at start-up, and a line when the
+        schedule leaves ASVP's refresh rule nothing to do."""
         points = ", ".join(f"{r} ({self.labels_after[r]} labels)" for r in self.eval_rounds)
-        return f"asvp-flow: evaluation points at rounds {points}"
+        described = f"asvp-flow: evaluation points at rounds {points}"
+        idle = self._idle_refresh_rule()
+        return f"{described}\nasvp-flow: {idle}" if idle else described
+
+    def _idle_refresh_rule(self) -> str | None:
+        """Why the refresh rule can never change a selection here, if it cannot."""
+        deciding = [m for m in self.config["methods"] if methods.method(m).decides]
+        if not deciding:
+            return None
+        who = ", ".join(deciding)
+        if self.config["decision"]["max_refreshes"] == 0:
+            return f"decision.max_refreshes is 0: {who} never refresh their features"
+        if self.n_rounds < 3:
+            # The rule compares round t with round t-1, and a refresh after round t serves round t+1's selection.
+            return (f"schedule.budgets has {self.n_rounds} round(s): the refresh rule needs a round to compare with "
+                    f"and one after it, so {who} cannot select on refreshed features; give budgets 3 or more rounds")
+        return None
 
     def runs(self) -> Iterator[tuple[str, str, int]]:
         for name in self.config["methods"]:
