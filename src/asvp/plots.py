@@ -129,9 +129,14 @@ def cost_vs_time(per_run: pd.DataFrame, out: str | Path, compute_note: str) -> N
 
 
 def decision_plot(decisions: pd.DataFrame, out: str | Path) -> None:
-    """Fig. 14: |delta LogME-PED| per round, the threshold, and where the features were refreshed."""
+    """Fig. 14: the LogME-PED change per round as the rule compares it with the threshold (the raw
+    |delta| under decision.rule paper, per doubling or per 200 labels otherwise), the threshold,
+    and where the features were refreshed."""
     figure, axis = plt.subplots(figsize=(7, 4.5))
     scored = decisions.dropna(subset=["difference"]) if not decisions.empty else decisions
+    if not scored.empty and "normalised_difference" in scored:
+        scored = scored.assign(difference=scored["normalised_difference"].fillna(scored["difference"]))
+    rules = sorted(set(scored["rule"].dropna())) if "rule" in scored else []
     if scored.empty:
         _empty(axis, "no ASVP run in this experiment, or no round with two comparable scores yet")
     else:
@@ -145,7 +150,8 @@ def decision_plot(decisions: pd.DataFrame, out: str | Path) -> None:
         axis.axhline(float(scored["threshold"].iloc[0]), color="black", linestyle="--", label="threshold")
         axis.set_yscale("log")
         axis.plot([], [], color="grey", linestyle=":", label="features refreshed")
-    axis.set(xlabel="labelled images", ylabel="|LogME-PED(t) - LogME-PED(t-1)|", title="ASVP's refresh rule per round")
+    change = f"LogME-PED change ({', '.join(rules)})" if rules else "|LogME-PED(t) - LogME-PED(t-1)|"
+    axis.set(xlabel="labelled images", ylabel=change, title="ASVP's refresh rule per round")
     axis.grid(alpha=0.3)
     _legend(axis, 7)
     _save(figure, out)

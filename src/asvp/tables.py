@@ -60,8 +60,9 @@ def stage_seconds(round_dir: Path) -> dict[str, float]:
     return seconds
 
 
-DECISION_COLUMNS = ["n_labelled", "feature_version", "ped_steps", "score", "previous_score", "difference", "threshold",
-                    "verdict", "refresh_features", "train_method", "reason"]
+DECISION_COLUMNS = ["n_labelled", "feature_version", "ped_steps", "score", "previous_score", "difference", "rule",
+                    "labels_added", "normalised_difference", "threshold", "verdict", "refresh_features", "train_method",
+                    "reason"]
 
 
 def _finetune_columns(prefix: str, path: Path) -> dict[str, Any]:
