@@ -28,7 +28,7 @@ from asvp.errors import ConfigError, DataError
 from asvp.oracle import answered, read_answers, read_request
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "tests" / "configs" / "tiny.yaml"
+MY_IMAGES = REPO / "config" / "my_images.yaml"  # the README's walk-through, here with Label Studio
 SERVER_VENV = Path(os.environ.get("ASVP_LABEL_STUDIO_VENV", REPO / ".venv-label-studio"))
 SERVER_VERSION = "1.23.2"
 TOKEN = "asvp-test-token"  # a throwaway legacy token of the test's own server
@@ -252,22 +252,26 @@ def _snakemake(workdir: Path, override: Path, token: str | None) -> subprocess.C
     # The jobs run in the workdir: this checkout's package, whatever the venv has installed.
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), *filter(None, [env.get("PYTHONPATH")])])
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
-               "--max-threads", "1", "--configfile", str(TINY), str(override)]
+               "--max-threads", "1", "--configfile", str(MY_IMAGES), str(override)]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env={**env, "PYTHONHASHSEED": "0"})
 
 
 @pytest.mark.workflow
 def test_live_rounds_go_through_a_real_label_studio(server, real_fashion_mnist: Path, default_weights: Path) -> None:
-    """Round 0 pushed, a wrong token and a half-done round stop cleanly, a person's annotations
-    (made through the API) pulled, labelled, and round 1 pushed with the proxy's guesses."""
+    """The own-images walk-through with Label Studio: round 0 pushed, a wrong token and a
+    half-done round stop cleanly, a person's annotations (made through the API) pulled, labelled,
+    and round 1 pushed with the proxy's guesses."""
     from label_studio_sdk.client import LabelStudio
 
+    from asvp.data.example import write_example_images
+
     url, workdir = server  # the workflow runs in the server's document root: the default "." fits
+    write_example_images(workdir / "examples/my_images", pool_size=60, test_size=20)
     override = workdir / "live.yaml"
     override.write_text("oracle: label_studio\nmethods: [svpp]\nschedule:\n  budgets: [20, 20]\nevaluation:\n"
                         f"  at: [40]\nlabel_studio:\n  url: {url}\n  project: asvp live test\n"
-                        "  token_env: ASVP_TEST_LS_TOKEN\n")
-    run = workdir / "results/tiny/svpp/margin/seed0"
+                        "  token_env: ASVP_TEST_LS_TOKEN\nfeatures: {batch_size: 64}\n")
+    run = workdir / "results/my_images/svpp/margin/seed0"
     first = _snakemake(workdir, override, TOKEN)
     assert first.returncode == 0, first.stderr[-4000:]
     pushed = json.loads((run / "round000" / label_studio.PUSHED_FILE).read_text())
@@ -285,12 +289,11 @@ def test_live_rounds_go_through_a_real_label_studio(server, real_fashion_mnist: 
     request = urllib.request.Request(url + image, headers={"Authorization": f"Token {TOKEN}"})
     with urllib.request.urlopen(request, timeout=5) as served:  # the local-files storage serves it
         assert served.read().startswith(b"\x89PNG")
-    pool = pd.read_csv(workdir / "results/tiny/data/pool.csv", dtype={"sample_id": str})
-    classes = json.loads((workdir / "results/tiny/data/dataset.json").read_text())["classes"]
-    truth = dict(zip(pool["sample_id"], pool["label"]))
+    key = pd.read_csv(workdir / "examples/my_images/answer_key.csv", dtype={"sample_id": str})
+    truth = dict(zip(key["sample_id"], key["class"]))  # what the person sees in each photo
 
     def annotate(task_id: int, skip: bool = False) -> None:
-        choice = classes[truth[tasks[task_id].data["sample_id"]]]
+        choice = truth[tasks[task_id].data["sample_id"]]
         result = [] if skip else [{"from_name": "label", "to_name": "image", "type": "choices",
                                    "value": {"choices": [choice]}}]
         client.annotations.create(id=task_id, result=result, was_cancelled=skip, lead_time=1.0)
@@ -299,7 +302,7 @@ def test_live_rounds_go_through_a_real_label_studio(server, real_fashion_mnist: 
         annotate(task_id, skip=task_id == pushed["task_ids"][0])
     half = _snakemake(workdir, override, TOKEN)
     assert half.returncode == 0, half.stderr[-4000:]
-    assert "18 of 20 tasks of results/tiny/svpp/margin/seed0/round000 annotated (1 skipped" in half.stderr
+    assert "18 of 20 tasks of results/my_images/svpp/margin/seed0/round000 annotated (1 skipped" in half.stderr
     assert not (run / "labels/round000.json").exists() and not (run / "round000/labelled.csv").exists()
 
     annotate(pushed["task_ids"][0])
@@ -307,7 +310,7 @@ def test_live_rounds_go_through_a_real_label_studio(server, real_fashion_mnist: 
     done = _snakemake(workdir, override, TOKEN)
     assert done.returncode == 0, done.stderr[-4000:]
     labelled = pd.read_csv(run / "round000/labelled.csv", dtype={"sample_id": str})
-    assert labelled["label"].tolist() == [truth[s] for s in labelled["sample_id"]]
+    assert labelled["class_name"].tolist() == [truth[s] for s in labelled["sample_id"]]
     nxt = json.loads((run / "round001" / label_studio.PUSHED_FILE).read_text())
     assert nxt["project"] == pushed["project"] and len(nxt["task_ids"]) == 20
     round1 = [t for t in client.tasks.list(project=pushed["project"], fields="all") if t.id in set(nxt["task_ids"])]
