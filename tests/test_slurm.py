@@ -50,7 +50,8 @@ def test_submissions_through_the_slurm_plugin(tmp_path: Path, real_fashion_mnist
         by_rule.setdefault(_rule_of(job["args"]), []).append(job["args"])
     (tmp_path / "submitted.json").write_text(json.dumps(by_rule, indent=1))
     # Small-file steps run in the head process: never submitted.
-    assert set(by_rule) == {"extract_pretrained", "select_proxy", "select_proxy_decide", "refresh_features", "evaluate"}
+    assert set(by_rule) == {"extract_pretrained", "select_proxy", "select_proxy_decide", "refresh_features", "evaluate",
+                            "deliver"}
 
     def partition(args: list[str]) -> str:
         return args[args.index("-p") + 1]
@@ -62,8 +63,9 @@ def test_submissions_through_the_slurm_plugin(tmp_path: Path, real_fashion_mnist
     # round and run, on the CPU partition.
     assert len(by_rule["select_proxy"]) == len(by_rule["select_proxy_decide"]) == 1
     assert all(partition(a) == "cpu" and not gpus(a) for r in ("select_proxy", "select_proxy_decide") for a in by_rule[r])
-    # Fine-tunes and extractions ask for gpus_per_job GPUs (and use them all: asvp.distributed).
-    assert all(partition(a) == "gpu" and gpus(a) == ["--gpus=2"] for r in ("extract_pretrained", "evaluate") for a in by_rule[r])
+    # Fine-tunes, extractions and the delivery (the pool's predictions) ask for gpus_per_job GPUs.
+    assert all(partition(a) == "gpu" and gpus(a) == ["--gpus=2"] for r in ("extract_pretrained", "evaluate", "deliver")
+               for a in by_rule[r])
     # A GPU for a refresh only where the round's decision refreshes (round 1 here, not round 0).
     refreshes = {a[a.index("--comment") + 1].rsplit("_", 1)[1]: a for a in by_rule["refresh_features"]}
     decisions = {r: json.loads((workdir / f"results/tiny/asvp/margin/seed0/round{r}/decision.json").read_text())
