@@ -192,6 +192,6 @@ def test_random_init_backbones_have_documented_feature_dims(arch: str) -> None:
     assert model.feature_dim == backbones.FEATURE_DIMS[arch]
 
 
-def test_unknown_arch_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="resnet50"):
-        build_backbone("vit_b_16", None)
+def test_unknown_arch_is_a_config_error_naming_the_closest_names() -> None:
+    with pytest.raises(ConfigError, match=r"unknown backbone.arch 'resnet5'.*Closest: resnet50.*backbone.arch"):
+        build_backbone("resnet5", None)

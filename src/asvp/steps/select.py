@@ -215,7 +215,7 @@ def select_model(query: Query, model: str, config: dict[str, Any]) -> None:
     network = classifier_from(torch.load(model, map_location="cpu", weights_only=False))
 
     def outputs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        dataset = dataset_for(config["data"], "pool", pool["source_index"].to_numpy()[rows], train_mode=False)
+        dataset = dataset_for(config, "pool", pool["source_index"].to_numpy()[rows], train_mode=False)
         return predict(network, dataset, batch_size=PREDICT_BATCH_SIZE,
                        device=resolve_device(config["device"]), num_workers=config["data"]["num_workers"])
 
