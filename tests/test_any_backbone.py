@@ -261,12 +261,12 @@ def test_an_input_size_the_model_cannot_take_names_data_resolution() -> None:
 @pytest.mark.parametrize("family", ["vit", "convnext"])
 def test_tiny_run_extracts_fine_tunes_and_delivers(family: str, vit_file: Path, convnext_file: Path,
                                                    real_fashion_mnist: Path, tmp_path: Path) -> None:
-    """svpp (features, proxy, final FT) and standard_lpft (LP-FT every round, selection with the
-    network) on a 160-image pool, 2 rounds."""
+    """ASVP on a 120-image pool, 2 rounds: features, proxy, round 0's final LP-FT, round 1's final
+    FT (its decision switches), the delivered model with the backbone's own preprocessing."""
     arch, checkpoint = (VIT, vit_file) if family == "vit" else ("convnext_tiny", convnext_file)
     config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
-    config.update(experiment=family, methods=["svpp", "standard_lpft"], backbone={"arch": arch, "checkpoint": str(checkpoint)})
-    config["data"].update(pool_subset=160, test_subset=60)
+    config.update(experiment=family, methods=["asvp"], backbone={"arch": arch, "checkpoint": str(checkpoint)})
+    config["data"].update(pool_subset=120, test_subset=40)
     config["schedule"] = {"budgets": [20, 20]}
     configfile = tmp_path / "config.yaml"
     configfile.write_text(yaml.safe_dump(config))
@@ -276,13 +276,14 @@ def test_tiny_run_extracts_fine_tunes_and_delivers(family: str, vit_file: Path, 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     run = tmp_path / "results" / family
     own = model_preprocessing(arch)
+    width = 192 if family == "vit" else 768
     with h5py.File(run / "features/pretrained.h5") as handle:
-        width = 192 if family == "vit" else 768
-        assert handle["pool/features"].shape == (160, width)
-        assert handle.attrs["backbone"] == arch and handle.attrs["resolution"] == 32
-        assert handle.attrs["interpolation"] == own.interpolation and json.loads(handle.attrs["mean"]) == list(own.mean)
-    finals = sorted(run.glob("**/final/model.pt"))
-    assert finals
-    payload = torch.load(finals[0], map_location="cpu", weights_only=True)
+        assert handle["pool/features"].shape == (120, width)
+        assert handle.attrs["resolution"] == 32 and handle.attrs["interpolation"] == own.interpolation
+        assert json.loads(handle.attrs["mean"]) == list(own.mean) and handle.attrs["checkpoint_prefix"] != ""
+    recipes = {json.loads(p.read_text())["train_method"] for p in run.glob("finetunes/*.json")}
+    assert recipes == {"ft", "lpft"}
+    final = next(run.glob("**/final/model.pt"))
+    payload = torch.load(final, map_location="cpu", weights_only=True)
     assert payload["arch"] == arch
     assert (payload["preprocessing"]["interpolation"], payload["preprocessing"]["mean"]) == (own.interpolation, list(own.mean))
