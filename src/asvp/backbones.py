@@ -349,11 +349,14 @@ def check_input_size(model: nn.Module, size: int) -> None:
     (a ViT at a size off its patch grid, one with a fixed image size, a CNN that pools to nothing);
     one forward pass of one black image."""
     arch = getattr(model, "arch", type(model).__name__)
-    native = model_preprocessing(arch).resolution if hasattr(model, "arch") else None
-    null_fix = f"set data.resolution to null (the model's own {native} px)" if native else "set data.resolution"
+
+    def null_fix() -> str:
+        native = model_preprocessing(arch).resolution if hasattr(model, "arch") else None
+        return f"set data.resolution to null (the model's own {native} px)" if native else "set data.resolution"
+
     patch = _patch_size(model)
     if patch and size % patch:
-        raise ConfigError(f"data.resolution {size} is not a multiple of {arch}'s patch size {patch}: {null_fix} or to a "
+        raise ConfigError(f"data.resolution {size} is not a multiple of {arch}'s patch size {patch}: {null_fix()} or to a "
                           f"multiple of {patch} (e.g. {max(patch, round(size / patch) * patch)}).")
     was_training = model.training
     try:
@@ -361,9 +364,10 @@ def check_input_size(model: nn.Module, size: int) -> None:
             out = model.eval()(torch.zeros(1, 3, size, size))
     except (RuntimeError, AssertionError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0].rstrip(".!") if str(exc).strip() else type(exc).__name__
+        fix = null_fix()
         raise ConfigError(f"backbone.arch {arch} cannot take {size}-px images (data.resolution {size}): {reason}. "
-                          f"{null_fix[0].upper() + null_fix[1:]}, or choose a timm ViT, which takes any multiple of its "
-                          "patch size.") from exc
+                          f"{fix[0].upper() + fix[1:]}, or choose a timm ViT, which takes any multiple of its patch "
+                          "size.") from exc
     finally:
         model.train(was_training)
     if out.dim() != 2 or out.shape[1] != model.feature_dim:

@@ -226,7 +226,10 @@ def preprocessing_config(config: dict[str, Any]) -> str:
 
 def describe_preprocessing(config: dict[str, Any], preprocessing: Any) -> str:
     """One log line: the effective values and which of them are the backbone's own."""
-    own = [key for key in PREPROCESSING_KEYS if config["data"].get(key) is None]
+    data = config["data"]
+    # A null data.resize follows data.resolution when that is set: then it is not the backbone's.
+    own = [key for key in PREPROCESSING_KEYS
+           if data.get(key) is None and not (key == "resize" and data.get("resolution") is not None)]
     origin = f"the backbone's own: {', '.join(own)}" if own else "all from the config"
     p = preprocessing
     return (f"{p.resolution} px centre crop of a {p.resize} px {p.interpolation} resize, mean {list(p.mean)}, "
