@@ -541,7 +541,10 @@ def load_backbone_weights(model: nn.Module, path: Path, *, prefix: str = "auto")
     chosen = _choose_prefix(list(raw), model_keys, prefix)
     state, ignored = _strip(raw, chosen, model_keys)
     if is_timm(str(arch)) and set(state) != model_keys:
-        state = _timm_filter(model, state)
+        # timm's conversion of the stripped keys, else of the file's own (OpenAI CLIP's `visual.*`
+        # is converted with its prefix); the first that gives the model's keys wins.
+        candidates = [_timm_filter(model, state), _timm_filter(model, raw)]
+        state = next((c for c in candidates if set(c) == model_keys), candidates[0])
     # BatchNorm's counter is absent from older torchvision files and is not a weight: take the model's.
     for key in model_keys - set(state):
         if key.endswith("num_batches_tracked"):
