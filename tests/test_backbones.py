@@ -192,6 +192,27 @@ def test_random_init_backbones_have_documented_feature_dims(arch: str) -> None:
     assert model.feature_dim == backbones.FEATURE_DIMS[arch]
 
 
-def test_unknown_arch_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="resnet50"):
-        build_backbone("vit_b_16", None)
+def test_unknown_arch_is_a_config_error_naming_the_closest_names() -> None:
+    with pytest.raises(ConfigError, match=r"unknown backbone.arch 'resnet5'.*Closest: resnet50.*backbone.arch"):
+        build_backbone("resnet5", None)
+
+
+@pytest.mark.parametrize(("arch", "width"), [("mobilenet_v3_small", 1024), ("efficientnet_b0", 1280),
+                                             ("regnet_x_400mf", 400), ("shufflenet_v2_x0_5", 1024)])
+def test_any_torchvision_classifier_gives_its_pre_logits(arch: str, width: int) -> None:
+    """Only the final Linear goes: MobileNetV3's Linear + Hardswish before it stays (1024-d, not 576-d)."""
+    model = build_backbone(arch, None, image_size=32)
+    assert model.feature_dim == width and model.channels_last
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, width)
+
+
+def test_a_bin_file_with_a_model_prefix_loads(tmp_path: Path, resnet18_state: dict[str, torch.Tensor],
+                                              reference_features: tuple[torch.Tensor, torch.Tensor]) -> None:
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({f"model.{k}": v for k, v in resnet18_state.items()}, path)
+    model = build_backbone("resnet18", path)
+    x, expected = reference_features
+    assert model.checkpoint_prefix == "model."
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)

@@ -4,7 +4,8 @@ images.
 
 The model file (`model.pt`) holds everything needed to classify an image without the workflow's
 config: the weights, the architecture, the class names in label order and the eval-time
-preprocessing (resize, centre crop, ImageNet mean/std, grey replicated to RGB). It is a plain
+preprocessing the model was tested with (resize and its interpolation, centre crop, the
+backbone's mean/std, grey replicated to RGB). It is a plain
 dict of tensors, strings and numbers, so `torch.load(..., weights_only=True)` reads it and no
 pickled code runs. The TorchScript file takes normalised (N, 3, R, R) float32 tensors and
 returns logits; the same class names and preprocessing travel inside it as `asvp_model.json`
@@ -25,8 +26,8 @@ import pandas as pd
 import torch
 
 from asvp.atomic import atomic_path, write_csv
-from asvp.data import IMAGENET_MEAN, IMAGENET_STD, build_transform, read_image
-from asvp.data.transforms import ToNormalisedTensor, Transform
+from asvp.data import read_image
+from asvp.data.transforms import Preprocessing, Transform, transform_for
 from asvp.errors import DataError
 from asvp.training import PREDICT_BATCH_SIZE, Classifier, classifier_from
 
@@ -38,16 +39,13 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".t
 PREDICTION_COLUMNS = ["class", "probability", "margin"]
 
 
-def preprocessing_of(data_config: dict[str, Any]) -> dict[str, Any]:
-    """The eval-time transform the model was tested with (asvp.data.build_transform), as data."""
-    resolution = int(data_config["resolution"])
+def preprocessing_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The eval-time transform the model was tested with (asvp.backbones.preprocessing_for), as data."""
+    from asvp.backbones import preprocessing_for
+
     return {
-        "resolution": resolution,
-        "resize": int(data_config["resize"] or resolution),  # shorter side, before the centre crop
+        **preprocessing_for(config).record(),  # resolution, resize (shorter side, before the crop), interpolation, mean, std
         "crop": "center",
-        "interpolation": "bilinear",  # torchvision Resize's default, antialiased like PIL
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
         "grey_to_rgb": True,  # grey images are replicated to 3 channels (asvp.data.read_image)
         "input": "float32 (N, 3, resolution, resolution), RGB scaled to [0, 1], then (x - mean) / std",
     }
@@ -64,10 +62,7 @@ class DeliveredModel:
 
     def transform(self) -> Transform:
         """PIL image -> normalised (3, R, R) tensor, exactly as the model was tested."""
-        prep = self.preprocessing
-        transform = build_transform(False, prep["resolution"], resize=prep["resize"])
-        transform.transforms[-1] = ToNormalisedTensor(tuple(prep["mean"]), tuple(prep["std"]))  # type: ignore[attr-defined]
-        return transform
+        return transform_for(False, Preprocessing.from_record(self.preprocessing))
 
 
 def save_model(out: str | Path, model: Classifier, arch: str, classes: list[str], preprocessing: dict[str, Any],
@@ -133,8 +128,9 @@ def top_two(probabilities: np.ndarray, classes: list[str]) -> pd.DataFrame:
 def pool_predictions(delivered: DeliveredModel, data_config: dict[str, Any], pool: pd.DataFrame, labelled: pd.DataFrame,
                      device: torch.device) -> pd.DataFrame:
     """The model's class for every pool image without a label, in pool order: pool_index,
-    sample_id, class, probability, margin. The images go through the evaluation's transform."""
-    from asvp.data import dataset_for
+    sample_id, class, probability, margin. The images go through the model's own preprocessing
+    (the evaluation's)."""
+    from asvp.data import make_dataset, open_data
     from asvp.pool import unlabelled_indices
     from asvp.training import predict
 
@@ -142,7 +138,8 @@ def pool_predictions(delivered: DeliveredModel, data_config: dict[str, Any], poo
     frame = pd.DataFrame({"pool_index": rows, "sample_id": pool["sample_id"].to_numpy()[rows]})
     if not len(rows):
         return pd.concat([frame, top_two(np.zeros((0, len(delivered.classes))), delivered.classes)], axis=1)
-    dataset = dataset_for(data_config, "pool", pool["source_index"].to_numpy()[rows], train_mode=False)
+    dataset = make_dataset(open_data(data_config, "train"), pool["source_index"].to_numpy()[rows], False,
+                           Preprocessing.from_record(delivered.preprocessing))
     probabilities, _ = predict(delivered.model, dataset, batch_size=PREDICT_BATCH_SIZE, device=device,
                                num_workers=data_config["num_workers"])
     delivered.model.cpu().to(memory_format=torch.contiguous_format)

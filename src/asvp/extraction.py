@@ -9,7 +9,7 @@ Speed (issue 7, point 5): the feed must keep up with the backbone. A dataset wit
 batches; any other dataset goes through ONE DataLoader per split over the remaining rows
 (building one per chunk restarted its workers and emptied its prefetch queue at every
 boundary). Chunk boundaries are counted on the batch stream, so resume points are unchanged.
-On CUDA the forward runs under bf16/fp16 autocast in channels_last; features are stored in
+On CUDA the forward runs under bf16/fp16 autocast, CNNs in channels_last; features are stored in
 the configured dtype either way.
 
 With world_size > 1 (issue 11) each chunk's rows are split into contiguous parts, one per
@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from asvp import distributed
 from asvp import features as store
+from asvp.backbones import memory_format
 from asvp.batching import iterate_batches
 from asvp.crash import crash_point
 from asvp.errors import DataError, require_finite_rows
@@ -80,7 +81,7 @@ def _forward(model: torch.nn.Module, images: torch.Tensor, device: torch.device)
     """Features of one batch, left on `device` (one host copy per chunk, not per batch)."""
     images = images.to(device, non_blocking=True)
     if images.dim() == 4:
-        images = images.contiguous(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=memory_format(model))
     with inference_autocast(device):
         return model(images)
 
@@ -117,7 +118,7 @@ def extract_features(
                            backend=distributed.backend_for(device, world_size))
         return
     feature_dim = int(model.feature_dim)  # type: ignore[arg-type]
-    model = model.to(device).eval().to(memory_format=torch.channels_last)
+    model = model.to(device).eval().to(memory_format=memory_format(model))
     chunk_rows = _whole_batches(chunk_rows, batch_size)
     fingerprint = _fingerprint(attrs, dtype, chunk_rows)
     partial = store.partial_path(out)
@@ -205,7 +206,7 @@ def _extract_rank(rank: int, world_size: int, model: torch.nn.Module, splits: Ma
     device = distributed.local_device()
     main = rank == 0
     feature_dim = int(model.feature_dim)  # type: ignore[arg-type]
-    model = model.to(device).eval().to(memory_format=torch.channels_last)
+    model = model.to(device).eval().to(memory_format=memory_format(model))
     dtype, batch_size = options["dtype"], options["batch_size"]
     chunk_rows = _whole_batches(options["chunk_rows"], batch_size)
     partial = store.partial_path(out)

@@ -6,7 +6,9 @@ Layout of features.h5:
   /pool/sample_ids (N,) utf-8 strings
   /pool.attrs["rows_done"]  rows written so far (only meaningful while the file is partial)
   /test/...       same for the test set
-  attrs: backbone, checkpoint, checkpoint_sha256, transform, dtype, resolution, num_classes, ...
+  attrs: backbone, checkpoint, checkpoint_sha256, transform, dtype, num_classes, the effective
+         preprocessing (resolution, resize, interpolation, mean, std: JSON lists) and the configured
+         one (preprocessing_config: JSON of the data.* keys, null = the backbone's own), ...
 
 A file is written as `<out>.partial` and renamed only when complete; a partial file written
 with other settings (its `fingerprint` differs) is discarded rather than mixed with new rows.
@@ -19,6 +21,7 @@ under a second, where `import torch` alone costs 3-5 s on a busy 2-core machine.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -107,22 +110,42 @@ def check_sample_ids(handle: h5py.File, rows: np.ndarray, sample_ids: Sequence[s
                         "to extract this pool's features.")
 
 
-IDENTITY_ATTRS = ("backbone", "dataset", "resolution")  # what a features file must agree with the config on
+IDENTITY_ATTRS = ("backbone", "dataset", "resolution", "preprocessing_config")  # what a features file must agree with the config on
+_CONFIG_KEYS = {"backbone": "backbone.arch", "dataset": "data.dataset", "resolution": "data.resolution"}
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value.item() if isinstance(value, np.generic) else value
 
 
 def check_identity(handle: h5py.File, expected: Mapping[str, Any]) -> None:
-    """Refuse a features file whose backbone, dataset or resolution is not the config's (a file
+    """Refuse a features file whose backbone, dataset or preprocessing is not the config's (a file
     copied in, or kept by `--rerun-triggers mtime` after the config changed)."""
     for key in IDENTITY_ATTRS:
         if key not in expected or key not in handle.attrs:
             continue
-        found = handle.attrs[key]
-        found = found.decode() if isinstance(found, bytes) else found.item() if isinstance(found, np.generic) else found
-        if str(found) != str(expected[key]):
-            config_key = {"backbone": "backbone.arch", "dataset": "data.dataset", "resolution": "data.resolution"}[key]
-            raise DataError(f"features file {handle.filename} was extracted with {key} {found!r}, but the config has "
-                            f"{config_key} {expected[key]!r}. Delete {handle.filename} and rerun to extract it again "
-                            f"(or set {config_key} back).")
+        found = _text(handle.attrs[key])
+        if str(found) == str(expected[key]):
+            continue
+        if key == "preprocessing_config":
+            _preprocessing_mismatch(handle, str(found), str(expected[key]))
+        config_key = _CONFIG_KEYS[key]
+        raise DataError(f"features file {handle.filename} was extracted with {key} {found!r}, but the config has "
+                        f"{config_key} {expected[key]!r}. Delete {handle.filename} and rerun to extract it again "
+                        f"(or set {config_key} back).")
+
+
+def _preprocessing_mismatch(handle: h5py.File, found: str, expected: str) -> None:
+    """DataError naming the first data.* preprocessing key the file was made with otherwise."""
+    was, now = json.loads(found), json.loads(expected)
+    key = next(k for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k))
+
+    def shown(value: Any) -> str:
+        return "null (the backbone's own)" if value is None else json.dumps(value)
+
+    raise DataError(f"features file {handle.filename} was extracted with data.{key} {shown(was.get(key))}, but the config "
+                    f"has data.{key} {shown(now.get(key))}: its features are of other images. Delete {handle.filename} "
+                    f"and rerun to extract it again (or set data.{key} back).")
 
 
 def read_attrs(path: str | Path) -> dict[str, Any]:

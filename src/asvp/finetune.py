@@ -112,7 +112,7 @@ def _train_model(config: dict[str, Any], recipe_kind: str, pool_csv: str | Path,
     """Fine-tune the pre-trained backbone (re-initialised every time) on the labelled set."""
     pool = read_split_table(pool_csv)
     rows = labelled["pool_index"].to_numpy()
-    dataset = dataset_for(config["data"], "pool", pool["source_index"].to_numpy()[rows], train_mode=True)
+    dataset = dataset_for(config, "pool", pool["source_index"].to_numpy()[rows], train_mode=True)
     num_classes = dataset.source.num_classes
     if int(labelled["label"].max()) >= num_classes:
         raise DataError(f"labelled set: label {int(labelled['label'].max())} is outside 0..{num_classes - 1}")
@@ -144,7 +144,7 @@ def test_accuracy(config: dict[str, Any], model: Classifier, test_csv: str | Pat
     table = read_split_table(test_csv)
     if table.empty:
         return None, [None] * int(model.head.out_features)
-    dataset = dataset_for(config["data"], "test", table["source_index"].to_numpy(), train_mode=False)
+    dataset = dataset_for(config, "test", table["source_index"].to_numpy(), train_mode=False)
     probabilities, _ = predict(
         model, dataset, batch_size=PREDICT_BATCH_SIZE, device=resolve_device(config["device"]),
         num_workers=config["data"]["num_workers"],

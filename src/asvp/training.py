@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from asvp import distributed
 from asvp.atomic import atomic_path
+from asvp.backbones import memory_format
 from asvp.batching import batch_positions, epoch_seed, iterate_batches, recalibrate_batchnorm
 from asvp.crash import crash_point
 from asvp.errors import ConfigError, DataError
@@ -189,7 +190,7 @@ def _train_steps(
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=memory_format(model))
         optimizer.zero_grad(set_to_none=True)
         with inference_autocast(device):
             logits = model(images)
@@ -253,7 +254,7 @@ def _train_distributed(model: Classifier, dataset: Dataset, recipe: TrainRecipe,
     history, state = distributed.launch(_train_rank, world_size, model, dataset, recipe, options, backend=backend)
     model.to(device)
     if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=memory_format(model))
     model.load_state_dict(state)
     for parameter in model.parameters():
         parameter.requires_grad_(True)
@@ -295,7 +296,7 @@ def _train_loop(
     checkpoint = Path(checkpoint)
     model.to(device)
     if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=memory_format(model))
     writer = shards is None or shards.main
     if shards is not None:
         distributed.sync_batchnorm(model, device)
@@ -402,14 +403,14 @@ def predict(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities (N, C) float32 and backbone features (N, D) float32, in dataset order.
 
-    channels_last (as extraction): at 32 px it roughly doubles CPU inference; autocast on CUDA.
+    channels_last for CNNs (as extraction): at 32 px it roughly doubles CPU inference; autocast on CUDA.
     """
-    model.to(device).eval().to(memory_format=torch.channels_last)
+    model.to(device).eval().to(memory_format=memory_format(model))
     n = len(dataset)  # type: ignore[arg-type]
     rows = [np.arange(start, min(start + batch_size, n), dtype=np.int64) for start in range(0, n, batch_size)]
     probs, feats = [], []
     for images, _ in iterate_batches(dataset, rows, num_workers, device, seed=0):
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format(model))
         with inference_autocast(device):
             features = model.backbone(images)
             logits = model.head(features)

@@ -25,7 +25,8 @@ from asvp.data.sources import (
 )
 
 _TORCH_PARTS = {"TensorImageDataset": "tensor_dataset", "make_dataset": "tensor_dataset", "IMAGENET_MEAN": "transforms",
-                "IMAGENET_STD": "transforms", "ImageDataset": "transforms", "build_transform": "transforms"}
+                "IMAGENET_STD": "transforms", "ImageDataset": "transforms", "build_transform": "transforms",
+                "Preprocessing": "transforms", "transform_for": "transforms"}
 
 
 def __getattr__(name: str) -> Any:
@@ -34,14 +35,19 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'asvp.data' has no attribute {name!r}")
 
 
-def dataset_for(data_config: dict, split: str, source_indices, train_mode: bool):  # type: ignore[no-untyped-def]
+def dataset_for(config: dict, split: str, source_indices, train_mode: bool):  # type: ignore[no-untyped-def]
     """The images of `split` ("pool" reads the train split, "test" the test split) at these source
-    indices, as the backbone sees them: augmented for training, centre-cropped otherwise.
-    In-memory datasets decode once and augment whole batches (`make_dataset`)."""
+    indices, as the backbone sees them: augmented for training, centre-cropped otherwise, at the
+    backbone's preprocessing (`asvp.backbones.preprocessing_for`). `config` is the whole config:
+    the backbone decides what its data.* nulls mean. In-memory datasets decode once and augment
+    whole batches (`make_dataset`)."""
+    from asvp.backbones import preprocessing_for
     from asvp.data.tensor_dataset import make_dataset
 
-    source = open_data(data_config, "train" if split == "pool" else "test")
-    return make_dataset(source, source_indices, train_mode, data_config["resolution"], data_config["resize"])
+    if "data" not in config or "backbone" not in config:
+        raise TypeError("dataset_for takes the whole config (data and backbone sections), not config['data']")
+    source = open_data(config["data"], "train" if split == "pool" else "test")
+    return make_dataset(source, source_indices, train_mode, preprocessing_for(config))
 
 __all__ = [
     "DATASET_NAMES",
@@ -53,6 +59,7 @@ __all__ = [
     "FileSource",
     "ImageDataset",
     "ImageSource",
+    "Preprocessing",
     "TensorImageDataset",
     "build_transform",
     "dataset_for",
@@ -61,4 +68,5 @@ __all__ = [
     "open_source",
     "read_idx",
     "read_image",
+    "transform_for",
 ]

@@ -10,6 +10,9 @@ so the uint8 store is zero-padded before cropping; then a per-sample horizontal 
 ImageNet normalisation. Random offsets and flips come from torch's global RNG, so
 `torch.manual_seed` makes a pass reproducible (on CPU), as with the PIL transforms.
 
+Mean/std and the resize interpolation are the backbone's (`Preprocessing`); a resize other than
+bilinear is done once per image with PIL itself, so items still equal `ImageDataset`'s.
+
 Not covered (`make_dataset` falls back to the per-image path): file datasets, train mode above
 64 px (RandomResizedCrop), non-square images in train mode, and stores over 1 GiB (e.g. CIFAR
 at 224 px: 7.5 GB), which a laptop could not hold.
@@ -30,13 +33,13 @@ from asvp.data.transforms import (
     IMAGENET_STD,
     SMALL_RESOLUTION,
     ImageDataset,
-    build_transform,
+    Preprocessing,
+    _interpolation,
     checked_indices,
+    transform_for,
 )
 
 MAX_DECODED_BYTES = 1 << 30
-_MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -51,29 +54,52 @@ def supports(source: ImageSource, n: int, train: bool, resolution: int) -> bool:
 
 
 def make_dataset(
-    source: ImageSource, indices: np.ndarray | None, train: bool, resolution: int, resize: int | None = None
+    source: ImageSource, indices: np.ndarray | None, train: bool, resolution: int | Preprocessing,
+    resize: int | None = None
 ) -> Dataset:
-    """The dataset the workflow feeds a backbone with: in-memory tensors where possible, else PIL per item."""
+    """The dataset the workflow feeds a backbone with: in-memory tensors where possible, else PIL per item.
+
+    `resolution` is a backbone's `Preprocessing`, or a side in px (with `resize`) for ImageNet's
+    mean/std and a bilinear resize."""
+    prep = resolution if isinstance(resolution, Preprocessing) else Preprocessing(
+        resolution, resize or resolution, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
     n = len(source) if indices is None else len(indices)
-    if supports(source, n, train, resolution):
-        return TensorImageDataset(source, indices, train=train, resolution=resolution, resize=resize)  # type: ignore[arg-type]
-    return ImageDataset(source, indices, build_transform(train, resolution, resize=resize))
+    if supports(source, n, train, prep.resolution):
+        return TensorImageDataset(source, indices, train=train, preprocessing=prep)  # type: ignore[arg-type]
+    return ImageDataset(source, indices, transform_for(train, prep))
 
 
-def decode(source: ArraySource, indices: np.ndarray, size: int, resolution: int) -> torch.Tensor:
+def decode(source: ArraySource, indices: np.ndarray, size: int, resolution: int, interpolation: str = "bilinear") -> torch.Tensor:
     """(n, 3, R, R) uint8 of the given items after torchvision's PIL Resize(size) + CenterCrop(R)."""
     selected = source.images[indices]  # only the requested items: a pool subset, a labelled set
     # Grey images are resized as one band and replicated afterwards: PIL resamples every band
     # with the same integer arithmetic, so this equals resizing ArraySource's RGB copy.
-    pixels = torch.from_numpy(np.ascontiguousarray(resize_crop(selected, size, resolution)))
+    if interpolation == "bilinear":
+        cropped = resize_crop(selected, size, resolution)
+    else:
+        cropped = _pil_resize_crop(selected, size, resolution, interpolation)
+    pixels = torch.from_numpy(np.ascontiguousarray(cropped))
     pixels = pixels[:, None].expand(-1, 3, -1, -1) if selected.ndim == 3 else pixels.permute(0, 3, 1, 2)
     return pixels.contiguous()
 
 
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, R, R) -> float32 with ImageNet mean/std; same float32 steps as ToNormalisedTensor."""
+def _pil_resize_crop(images: np.ndarray, size: int, crop: int, interpolation: str) -> np.ndarray:
+    """PIL's Resize(size, interpolation) + CenterCrop(crop), one image at a time (once per dataset)."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    steps = T.Compose([T.Resize(size, interpolation=_interpolation(interpolation)), T.CenterCrop(crop)])
+    out = np.empty((len(images), crop, crop, *images.shape[3:]), dtype=np.uint8)
+    for k, image in enumerate(images):
+        out[k] = np.asarray(steps(Image.fromarray(image)))
+    return out
+
+
+def normalise(images: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
+    """uint8 (B, 3, R, R) -> float32 (x / 255 - mean) / std; same float32 steps as ToNormalisedTensor."""
     x = images.to(torch.float32).div_(255)
-    return x.sub_(_MEAN).div_(_STD)
+    return x.sub_(torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)).div_(
+        torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
 
 def pad_crop_flip(images: torch.Tensor, padding: int) -> torch.Tensor:
@@ -104,8 +130,15 @@ class TensorImageDataset(Dataset):
     """
 
     def __init__(
-        self, source: ArraySource, indices: np.ndarray | None, *, train: bool, resolution: int, resize: int | None = None
+        self, source: ArraySource, indices: np.ndarray | None, *, train: bool, resolution: int | None = None,
+        resize: int | None = None, preprocessing: Preprocessing | None = None,
     ) -> None:
+        if preprocessing is None:
+            if resolution is None:
+                raise ValueError("TensorImageDataset needs a resolution or a preprocessing")
+            preprocessing = Preprocessing(resolution, resize or resolution, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+        resolution, resize = preprocessing.resolution, preprocessing.resize
+        self.preprocessing = preprocessing
         if not supports(source, 0, train, resolution):
             raise ValueError(f"TensorImageDataset cannot reproduce the {'train' if train else 'eval'} transform of "
                              f"{source!r} at {resolution} px; use make_dataset, which falls back to ImageDataset")
@@ -115,7 +148,8 @@ class TensorImageDataset(Dataset):
         self._labels = torch.from_numpy(self.labels)
         self.padding = resolution // 8 if train else 0
         # Train mode resizes to the resolution (the crop is random); eval may resize larger, then centre-crop.
-        self.images = decode(source, self.indices, resolution if train else (resize or resolution), resolution)
+        self.images = decode(source, self.indices, resolution if train else (resize or resolution), resolution,
+                             preprocessing.interpolation)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -129,7 +163,7 @@ class TensorImageDataset(Dataset):
         images = self.images[pos]
         if self.train:
             images = pad_crop_flip(images, self.padding)
-        return normalise(images), self._labels[pos], pos
+        return normalise(images, self.preprocessing.mean, self.preprocessing.std), self._labels[pos], pos
 
     def __getitem__(self, position: int) -> Batch:
         position = range(len(self))[position]  # negative positions as in a list; IndexError past the end

@@ -3,12 +3,16 @@
 The recipes follow torchvision's classification references (and the paper's fine-tuning setup):
 eval = resize + centre crop; train = the CIFAR-style pad-and-crop at small resolutions (where a
 random-resized crop would throw away most of a 28-32 px image) and RandomResizedCrop at larger
-ones; horizontal flip in both; ImageNet mean/std because every backbone here is ImageNet-style.
+ones; horizontal flip in both. Size, interpolation and mean/std are the backbone's own
+(`Preprocessing`, resolved by `asvp.backbones.preprocessing_for`); the defaults here are
+ImageNet's, with torchvision's bilinear resize.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,9 +26,43 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # At or below this resolution, training uses Resize + RandomCrop(padding) instead of RandomResizedCrop.
 SMALL_RESOLUTION = 64
 Transform = Callable[[Image.Image], torch.Tensor]
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")  # torchvision's PIL modes
 
 
-def build_transform(train: bool, resolution: int, *, resize: int | None = None) -> Transform:
+@dataclass(frozen=True)
+class Preprocessing:
+    """The eval-time input of a backbone: resize the shorter side to `resize` with `interpolation`,
+    centre-crop `resolution` px, scale to [0, 1], then (x - mean) / std per RGB channel."""
+
+    resolution: int
+    resize: int
+    interpolation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def record(self) -> dict[str, Any]:
+        """As plain data (lists, not tuples), for JSON, HDF5 attributes and the model file."""
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Preprocessing:
+        """From `record()`'s dict (or a model file's, which may lack interpolation: bilinear then)."""
+        resolution = int(record["resolution"])
+        return cls(resolution, int(record.get("resize") or resolution), str(record.get("interpolation", "bilinear")),
+                   tuple(float(v) for v in record.get("mean", IMAGENET_MEAN)),
+                   tuple(float(v) for v in record.get("std", IMAGENET_STD)))
+
+
+def _interpolation(name: str) -> Any:
+    from torchvision.transforms import InterpolationMode
+
+    if name not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {name!r} is not one of {', '.join(INTERPOLATIONS)}")
+    return InterpolationMode(name)
+
+
+def build_transform(train: bool, resolution: int, *, resize: int | None = None, interpolation: str = "bilinear",
+                    mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> Transform:
     """Return a PIL -> (3, resolution, resolution) float32 tensor transform.
 
     `resize` only affects eval (e.g. 256 before a 224 centre crop on ImageNet); None means
@@ -35,14 +73,22 @@ def build_transform(train: bool, resolution: int, *, resize: int | None = None) 
 
     if resolution < 1:
         raise ValueError(f"resolution must be positive, got {resolution}")
-    normalise = [ToNormalisedTensor()]
+    mode = _interpolation(interpolation)
+    normalise = [ToNormalisedTensor(tuple(mean), tuple(std))]
     if not train:
-        steps = [T.Resize(resize or resolution), T.CenterCrop(resolution)]
+        steps = [T.Resize(resize or resolution, interpolation=mode), T.CenterCrop(resolution)]
     elif resolution <= SMALL_RESOLUTION:
-        steps = [T.Resize(resolution), T.RandomCrop(resolution, padding=resolution // 8), T.RandomHorizontalFlip()]
+        steps = [T.Resize(resolution, interpolation=mode), T.RandomCrop(resolution, padding=resolution // 8),
+                 T.RandomHorizontalFlip()]
     else:
-        steps = [T.RandomResizedCrop(resolution), T.RandomHorizontalFlip()]
+        steps = [T.RandomResizedCrop(resolution, interpolation=mode), T.RandomHorizontalFlip()]
     return T.Compose(steps + normalise)
+
+
+def transform_for(train: bool, preprocessing: Preprocessing) -> Transform:
+    """`build_transform` with a backbone's preprocessing."""
+    p = preprocessing
+    return build_transform(train, p.resolution, resize=p.resize, interpolation=p.interpolation, mean=p.mean, std=p.std)
 
 
 class ToNormalisedTensor:

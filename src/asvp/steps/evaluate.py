@@ -83,7 +83,7 @@ def deliver(config: dict[str, Any], recipe: str, pool: str, labelled: str, test:
                   "loss_curve": metrics["loss_curve"], "dataset": info.get("dataset")}
     arch = config["backbone"]["arch"]
     delivery.save_model(folder / "model.pt", classifier_from(payload), arch, classes,
-                        delivery.preprocessing_of(config["data"]), provenance)
+                        delivery.preprocessing_of(config), provenance)
     delivered = delivery.load_model(folder / "model.pt")  # what the user will load: export and predict with it
     delivery.export_torchscript(delivered, folder / "model.torchscript.pt")
     exported = time.perf_counter()

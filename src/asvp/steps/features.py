@@ -119,15 +119,16 @@ def extract(config: dict[str, Any], pool: str, test: str, out: str, model: str |
     import torch
 
     from asvp import extraction
-    from asvp.backbones import file_sha256, pretrained_backbone
+    from asvp.backbones import file_sha256, preprocessing_for, pretrained_backbone
     from asvp.data.unlabelled import UNLABELLED
-    from asvp.data import build_transform, dataset_for
+    from asvp.data import dataset_for, transform_for
     from asvp.device import job_processes, resolve_device
     from asvp.training import classifier_from
 
     data = config["data"]
+    preprocessing = preprocessing_for(config)
     if model is None:
-        backbone, checkpoint = pretrained_backbone(config["backbone"])
+        backbone, checkpoint = pretrained_backbone(config["backbone"], image_size=preprocessing.resolution)
         origin = {"checkpoint": str(checkpoint or "random-init"), "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else ""}
     else:
         backbone = classifier_from(torch.load(model, map_location="cpu", weights_only=False)).backbone
@@ -136,14 +137,15 @@ def extract(config: dict[str, Any], pool: str, test: str, out: str, model: str |
     num_classes = 0
     for split, csv in (("pool", pool), ("test", test)):
         table = read_split_table(csv)
-        dataset = dataset_for(data, split, table["source_index"].to_numpy(), train_mode=False)
+        dataset = dataset_for(config, split, table["source_index"].to_numpy(), train_mode=False)
         check_listing(table, dataset.source, csv)
         num_classes = dataset.source.num_classes
         splits[split] = extraction.SplitInput(dataset, table["label"].to_numpy(), table["sample_id"].tolist())
     prefix = getattr(backbone, "checkpoint_prefix", "")
     classes = class_names(dataset.source)
     print(f"backbone {config['backbone']['arch']} from {origin['checkpoint']}: checkpoint prefix {prefix!r} stripped "
-          f"(backbone.prefix: {config['backbone']['prefix']})")
+          f"(backbone.prefix: {config['backbone']['prefix']}); {backbone.feature_dim}-d features")
+    print(f"preprocessing: {describe_preprocessing(config, preprocessing)}")
     print(f"classes, in label order: {', '.join(f'{i}={name}' for i, name in enumerate(classes))}")
     attrs = {
         "backbone": config["backbone"]["arch"],
@@ -151,8 +153,13 @@ def extract(config: dict[str, Any], pool: str, test: str, out: str, model: str |
         "checkpoint_prefix": prefix,
         "classes": json.dumps(classes),
         "dataset": data["dataset"],
-        "resolution": data["resolution"],
-        "transform": repr(build_transform(False, data["resolution"], resize=data["resize"])),
+        "resolution": preprocessing.resolution,
+        "resize": preprocessing.resize,
+        "interpolation": preprocessing.interpolation,
+        "mean": json.dumps(list(preprocessing.mean)),
+        "std": json.dumps(list(preprocessing.std)),
+        "preprocessing_config": preprocessing_config(config),
+        "transform": repr(transform_for(False, preprocessing)),
         "num_classes": num_classes,
     }
     incremental = model is None and data["dataset"] == UNLABELLED
@@ -208,7 +215,31 @@ def check_listing(table: Any, source: Any, csv: str) -> None:
                         "defined. Rerun snakemake: define_pool then takes in the change.")
 
 
+PREPROCESSING_KEYS = ("resolution", "resize", "interpolation", "mean", "std")  # data.* keys null = the backbone's
+
+
+def preprocessing_config(config: dict[str, Any]) -> str:
+    """The preprocessing keys as configured (null: the backbone's own), as canonical JSON: with the
+    backbone's name it fixes the effective preprocessing, and it is cheap (no model to load)."""
+    return json.dumps({key: config["data"].get(key) for key in PREPROCESSING_KEYS}, sort_keys=True)
+
+
+def describe_preprocessing(config: dict[str, Any], preprocessing: Any) -> str:
+    """One log line: the effective values and which of them are the backbone's own."""
+    data = config["data"]
+    # A null data.resize follows data.resolution when that is set: then it is not the backbone's.
+    own = [key for key in PREPROCESSING_KEYS
+           if data.get(key) is None and not (key == "resize" and data.get("resolution") is not None)]
+    origin = f"the backbone's own: {', '.join(own)}" if own else "all from the config"
+    p = preprocessing
+    return (f"{p.resolution} px centre crop of a {p.resize} px {p.interpolation} resize, mean {list(p.mean)}, "
+            f"std {list(p.std)} ({origin})")
+
+
 def features_identity(config: dict[str, Any]) -> dict[str, Any]:
     """What a features file's attributes must say for this config (features.check_identity)."""
-    return {"backbone": config["backbone"]["arch"], "dataset": config["data"]["dataset"],
-            "resolution": config["data"]["resolution"]}
+    identity = {"backbone": config["backbone"]["arch"], "dataset": config["data"]["dataset"],
+                "preprocessing_config": preprocessing_config(config)}
+    if config["data"]["resolution"] is not None:
+        identity["resolution"] = config["data"]["resolution"]
+    return identity

@@ -212,10 +212,13 @@ def select_model(query: Query, model: str, config: dict[str, Any]) -> None:
     pool, labelled_rows, unlabelled = _pool_state(query)
     strategy = configured_strategy(query.strategy, config)
     want_embeddings = "embeddings" in strategy.needs
-    network = classifier_from(torch.load(model, map_location="cpu", weights_only=False))
+    payload = torch.load(model, map_location="cpu", weights_only=False)
+    network = classifier_from(payload)
+    # The images as this network's backbone takes them (its preprocessing follows from its arch).
+    seen_as = {**config, "backbone": {"arch": payload["arch"]}}
 
     def outputs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        dataset = dataset_for(config["data"], "pool", pool["source_index"].to_numpy()[rows], train_mode=False)
+        dataset = dataset_for(seen_as, "pool", pool["source_index"].to_numpy()[rows], train_mode=False)
         return predict(network, dataset, batch_size=PREDICT_BATCH_SIZE,
                        device=resolve_device(config["device"]), num_workers=config["data"]["num_workers"])
 
