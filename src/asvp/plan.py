@@ -27,7 +27,7 @@ PLANNING_KEYS: dict[str, tuple[str, ...]] = {"evaluation": ("at", "deliver")}
 # changed (fine-tune cache keys hash the same excerpt). A new key with a default goes here.
 NEUTRAL_VALUES: dict[str, dict[str, Any]] = {
     "data": {"bad_images": "stop", "glob": "**/*", "images": None, "classes": None, "test": None,
-             "initial_labels": None},
+             "initial_labels": None, "interpolation": None, "mean": None, "std": None},
     "schedule": {"cold_start": "random"},
 }
 
