@@ -60,14 +60,14 @@ fi
 step cuda_tests 180 "$PYTHON" -m pytest "$REPO/tests/test_cuda.py" -m cuda -q -p no:cacheprovider \
   --junitxml="$OUT/cuda_tests.xml"
 
-# The workflow: the tiny experiment on the device; on the CPU one method over two rounds.
+# The workflow: the tiny experiment on the device; on the CPU one method, one round.
 DATA_ROOT=null
 [[ -d $BUNDLE/fashion-mnist ]] && DATA_ROOT=$BUNDLE/fashion-mnist
 {
   echo "device: $DEVICE"
   echo "data:"
   echo "  root: $DATA_ROOT"
-  if [[ $DEVICE == cpu ]]; then printf 'methods: [svpp]\nschedule:\n  budgets: [20, 20]\nevaluation:\n  at: [40]\n'; fi
+  if [[ $DEVICE == cpu ]]; then printf 'methods: [svpp]\nschedule:\n  budgets: [20]\nevaluation:\n  at: [20]\n'; fi
 } > "$OUT/workflow_config.yaml"
 TARGET=()
 if ! "$PYTHON" -c "import scipy, matplotlib" 2> /dev/null; then TARGET=(results/tiny/summary.csv); fi

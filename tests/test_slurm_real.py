@@ -1,7 +1,7 @@
 """The workflow on a real one-node SLURM cluster (tests/slurm_cluster.py), through the real
-snakemake-executor-plugin-slurm and profiles/slurm: a run matches a local run file for file, a
-killed head process resumes after --unlock, a cancelled job is reported and rerun, and a
-cluster without accounting is refused before anything is submitted.
+snakemake-executor-plugin-slurm and profiles/slurm: a run whose head process is SIGKILLed
+resumes after --unlock and matches a local run file for file, a cancelled job is reported and
+rerun, and polling with sacct on a cluster without accounting is refused before submitting.
 
 Starts the daemons once for the module (about 10 s; apt-get installs them first when missing,
 as root). Skips, naming what is missing, without root or apt-get.
@@ -39,7 +39,7 @@ def node_sized(rules: list[str]) -> list[str]:
     return ["--set-resources", *(f"{rule}:mem_mb=2000" for rule in rules), "--set-threads", *(f"{rule}=1" for rule in rules)]
 
 
-pytestmark = pytest.mark.workflow
+pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
 
 
 def _compare_results():
@@ -121,15 +121,17 @@ def running_jobs(cluster: SlurmCluster) -> list[tuple[str, str]]:
     return [tuple(line.split("|", 1)) for line in listing.splitlines() if "|" in line]
 
 
-def wait_for_running_job(cluster: SlurmCluster, process: subprocess.Popen,
-                         ready: Callable[[], bool] = lambda: True, timeout: float = 300) -> str:
-    """The id of a job SLURM runs once `ready()`; fails when the run ends first."""
-    started = time.monotonic()
+def wait_for_running_job(cluster: SlurmCluster, process: subprocess.Popen, jobs_seen: int = 1,
+                         timeout: float = 300) -> str:
+    """The id of a job SLURM runs once `jobs_seen` jobs were seen running; fails when the run ends first."""
+    started, seen = time.monotonic(), set()
     while time.monotonic() - started < timeout:
         if process.poll() is not None:
             pytest.fail(f"the run ended (status {process.returncode}) first:\n{process.stdout.read()[-3000:]}")
-        if ready() and (jobs := running_jobs(cluster)):
-            return jobs[0][0]
+        running = running_jobs(cluster)
+        seen.update(job for job, _ in running)
+        if running and len(seen) >= jobs_seen:
+            return running[0][0]
         time.sleep(0.3)
     pytest.fail(f"no job running after {timeout} s")
 
@@ -167,17 +169,12 @@ def local_run(tmp_path_factory: pytest.TempPathFactory, cluster: SlurmCluster, o
         process.wait()
 
 
-def submitted_jobs(workdir: Path) -> int:
-    """Jobs the plugin has submitted for this working directory (one SLURM log file each)."""
-    return sum(1 for _ in (workdir / ".snakemake" / "slurm_logs").rglob("*.log"))
-
-
 def test_tiny_experiment_on_slurm_survives_a_killed_head_and_matches_a_local_run(
         cluster: SlurmCluster, override: Path, sized: list[str], local_run: Callable[[], Path], tmp_path: Path) -> None:
     command = snakemake_command(tmp_path, override, *sized)
     head = start(cluster, command)
-    # SIGKILL the head (only: its SLURM jobs run on) once a few jobs were submitted and one runs.
-    wait_for_running_job(cluster, head, lambda: submitted_jobs(tmp_path) >= 3)
+    # SIGKILL the head (only: its SLURM jobs run on) while its third job runs.
+    wait_for_running_job(cluster, head, jobs_seen=3)
     head.send_signal(signal.SIGKILL)
     head.wait()
     locked = run(cluster, command)
@@ -199,6 +196,8 @@ def test_cancelled_job_is_reported_and_a_rerun_completes_it(cluster: SlurmCluste
     assert cluster.answers("scancel", job) is not None
     output, _ = head.communicate(timeout=RUN_SECONDS)
     assert head.returncode != 0
+    # Reported by the profile's squeue polling (sacct's "CANCELLED by 0" is never recognised by the
+    # plugin 2.8, which then waits for ever).
     assert f"SLURM-job '{job}' failed, SLURM status is: 'CANCELLED'" in output, output[-4000:]
     assert not (tmp_path / FEATURES).exists()
     done = run(cluster, command)
@@ -206,22 +205,22 @@ def test_cancelled_job_is_reported_and_a_rerun_completes_it(cluster: SlurmCluste
     assert (tmp_path / FEATURES).exists()
 
 
-def test_cluster_without_accounting_is_refused_then_polled_with_squeue(cluster: SlurmCluster, override: Path, sized: list[str],
-                                                                       tmp_path: Path, real_fashion_mnist: Path,
-                                                                       default_weights: Path) -> None:
+def test_cluster_without_accounting_is_refused_with_sacct_and_runs_with_the_profile(
+        cluster: SlurmCluster, override: Path, sized: list[str], tmp_path: Path, real_fashion_mnist: Path,
+        default_weights: Path) -> None:
     wait_queue_empty(cluster)
     cluster.restart_slurm(accounting=False)
     try:
         sacct = subprocess.run(["sacct", "-X"], capture_output=True, text=True, env=cluster.env())
         assert "accounting storage is disabled" in sacct.stdout + sacct.stderr
-        # The plugin's default (sacct) would wait for ever after the job ends: refused up front.
         command = snakemake_command(tmp_path, override, *sized, FEATURES)
-        refused = run(cluster, command, timeout=120)
+        # Polling with sacct (the plugin's default) would wait for ever after the job ends: refused up front.
+        refused = run(cluster, [*command, "--slurm-status-command", "sacct"], timeout=120)
         assert refused.returncode != 0
         assert "slurm-status-command: squeue" in refused.stdout, refused.stdout[-3000:]
-        assert "Submitted job" not in refused.stdout
-        # As the message says: the same run polls with squeue and finishes.
-        done = run(cluster, [*command, "--slurm-status-command", "squeue"], timeout=300)
+        assert "has been submitted" not in refused.stdout
+        # The profile polls with squeue: the same run finishes.
+        done = run(cluster, command, timeout=300)
         assert done.returncode == 0, done.stdout[-5000:]
         assert (tmp_path / FEATURES).exists()
     finally:
