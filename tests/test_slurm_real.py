@@ -86,14 +86,16 @@ def sized() -> list[str]:
     return node_sized(listed.stdout.split())
 
 
-def snakemake_command(workdir: Path, override: Path, *extra: str, slurm: bool = True) -> list[str]:
+def snakemake_command(workdir: Path, override: Path, *extra: str, slurm: bool = True,
+                      targets: tuple[str, ...] = ()) -> list[str]:
+    """Targets go first: the list options (--configfile, --set-threads) would swallow them."""
     where = (["--profile", str(REPO / "profiles" / "slurm"),
               "--slurm-partition-config", str(REPO / "profiles" / "slurm" / "partitions.yaml"),
               # The profile's account placeholder; root is the account this cluster knows.
               "--default-resources", "slurm_account=root",
               "--slurm-init-seconds-before-status-checks", "1", "--jobs", "4"]
              if slurm else ["--cores", "2", "--max-threads", "1"])
-    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *where,
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *targets, *where,
             "--configfile", str(TINY), str(override), *extra]
 
 
@@ -190,7 +192,7 @@ def test_cancelled_job_is_reported_and_a_rerun_completes_it(cluster: SlurmCluste
                                                             tmp_path: Path, real_fashion_mnist: Path,
                                                             default_weights: Path) -> None:
     wait_queue_empty(cluster)  # the previous test's orphaned jobs
-    command = snakemake_command(tmp_path, override, *sized, "--retries", "0", FEATURES)
+    command = snakemake_command(tmp_path, override, *sized, "--retries", "0", targets=(FEATURES,))
     head = start(cluster, command)
     job = wait_for_running_job(cluster, head)
     assert cluster.answers("scancel", job) is not None
@@ -213,7 +215,7 @@ def test_cluster_without_accounting_is_refused_with_sacct_and_runs_with_the_prof
     try:
         sacct = subprocess.run(["sacct", "-X"], capture_output=True, text=True, env=cluster.env())
         assert "accounting storage is disabled" in sacct.stdout + sacct.stderr
-        command = snakemake_command(tmp_path, override, *sized, FEATURES)
+        command = snakemake_command(tmp_path, override, *sized, targets=(FEATURES,))
         # Polling with sacct (the plugin's default) would wait for ever after the job ends: refused up front.
         refused = run(cluster, [*command, "--slurm-status-command", "sacct"], timeout=120)
         assert refused.returncode != 0
