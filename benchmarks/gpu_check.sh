@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The GPU check, one command (about 5 minutes on one H100/H200 with 16 cores):
+# The GPU check, one command (expected about 5 minutes on one H100/H200 with 16 cores; not yet run there):
 #
 #   benchmarks/gpu_check.sh [--cpu] OUT_DIR
 #
 # writes to OUT_DIR, one log per step and a summary (summary.md; steps.tsv: step, exit status,
 # seconds):
-#   1. install   the wheels of .gpu-check/ (benchmarks/gpu_wheels.sh) with pip --no-index, when
-#                that folder is there: the GPU machines reach no network
+#   1. install   what the interpreter lacks, from the wheels of .gpu-check/ (benchmarks/gpu_wheels.sh)
+#                with pip --no-index, when that folder is there: the GPU machines reach no network
 #   2. environment.json  Python, torch, CUDA, cuDNN, NCCL, the GPUs, package versions
 #   3. cuda_tests        pytest -m cuda (tests/test_cuda.py), with cuda_tests.xml
 #   4. workflow          the tiny experiment (tests/configs/tiny.yaml) with `device: cuda` end to
