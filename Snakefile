@@ -62,6 +62,14 @@ rule all:
         [f"{RES}/summary.csv", rules.report_figures.output] if PLAN.metrics_files() else [],
 
 
+onstart:
+    # Before any submission: a SLURM cluster without accounting would leave the plugin waiting for ever.
+    from asvp.slurm import require_job_status_source
+
+    require_job_status_source(getattr(workflow.executor_plugin, "name", None),
+                              getattr(workflow.executor_settings, "status_command", None))
+
+
 onsuccess:
     from asvp.oracle import waiting_note
     from asvp.tables import run_notice

@@ -44,6 +44,7 @@ from asvp.config import load_config, validate_config
 from asvp.data import ImageDataset, build_transform, make_dataset, open_source
 from asvp.extraction import CHUNK_ROWS, SplitInput, extract_features
 from asvp.features import load_rows
+from asvp.precision import autocast_dtype, inference_autocast
 from asvp.pool import LABELLED_COLUMNS, split_table
 from asvp.proxy import ProxyRecipe, save_weights, train_proxy
 from asvp.proxy_scoring import INFERENCE_BATCH_SIZE, load_weights, proxy_chunks
@@ -70,7 +71,15 @@ def backbone(config: dict) -> torch.nn.Module:
 
 
 # ------------------------------------------------------------------------------- 1. extraction
-def bench_extraction(config: dict, n_images: int, repeats: int) -> Results:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so a timing ends when the work does (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_extraction(config: dict, n_images: int, repeats: int, device: torch.device = torch.device("cpu"),
+                     per_image: bool = True) -> Results:
+    """per_image: also time the old per-image PIL dataset (slow; CPU-bound even with a GPU)."""
     data = config["data"]
     source = open_source(data["dataset"], data["root"], "train")
     indices = np.arange(n_images)
@@ -79,22 +88,26 @@ def bench_extraction(config: dict, n_images: int, repeats: int) -> Results:
     start = time.perf_counter()
     dataset = make_dataset(source, indices, False, data["resolution"], data["resize"])
     decode = time.perf_counter() - start
-    model = backbone(config).eval().to(memory_format=torch.channels_last)
+    model = backbone(config).eval().to(device, memory_format=torch.channels_last)
     batch = config["features"]["batch_size"]
     images = dataset.batch(indices)[0] if hasattr(dataset, "batch") else torch.stack([dataset[i][0] for i in indices])
 
     @torch.inference_mode()
-    def bare() -> None:
-        for i in range(0, n_images, batch):
-            model(images[i : i + batch].contiguous(memory_format=torch.channels_last))
+    def bare() -> None:  # with extraction's host-to-device copy and (CUDA) autocast
+        with inference_autocast(device):
+            for i in range(0, n_images, batch):
+                model(images[i : i + batch].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last))
+        synchronize(device)
 
-    per_image = ImageDataset(source, indices, build_transform(False, data["resolution"], resize=data["resize"]))
+    per_image_dataset = ImageDataset(source, indices, build_transform(False, data["resolution"], resize=data["resize"]))
 
     @torch.inference_mode()
     def bare_with_transforms() -> None:
         for i in range(0, n_images, batch):
-            x = torch.stack([per_image[j][0] for j in range(i, min(i + batch, n_images))])
-            model(x.contiguous(memory_format=torch.channels_last))
+            x = torch.stack([per_image_dataset[j][0] for j in range(i, min(i + batch, n_images))])
+            with inference_autocast(device):
+                model(x.to(device).contiguous(memory_format=torch.channels_last))
+        synchronize(device)
 
     ids = [source.sample_id(i) for i in indices]
 
@@ -103,23 +116,24 @@ def bench_extraction(config: dict, n_images: int, repeats: int) -> Results:
             with tempfile.TemporaryDirectory() as tmp:
                 split = SplitInput(ds, source.labels[indices], ids)
                 extract_features(model, {"pool": split, "test": split}, Path(tmp) / "f.h5", attrs={"bench": 1},
-                                 batch_size=batch, chunk_rows=CHUNK_ROWS)
+                                 batch_size=batch, chunk_rows=CHUNK_ROWS, device=device)
         return run
 
     bare()  # warm-up: oneDNN primitives for these shapes
     best = best_seconds({"bare": bare, "ours": extract(dataset)}, repeats)
     bare_s, ours_s = best["bare"], best["ours"] / 2  # two splits of n_images each
-    best = best_seconds({"bare": bare_with_transforms, "ours": extract(per_image)}, 1)
-    bare_transforms_s, per_image_s = best["bare"], best["ours"] / 2
-    return {
+    results = {
         "bare forward (img/s)": n_images / bare_s,
-        "bare forward + transforms (img/s)": n_images / bare_transforms_s,
         "extract_features to HDF5 (img/s)": n_images / ours_s,
         "extract_features / bare forward (target >= 0.90)": bare_s / ours_s,
-        "extract_features, per-image PIL dataset (img/s)": n_images / per_image_s,
         f"{type(dataset).__name__} decode, per 1000 images (s)": 1000 * decode / n_images,
         "extraction incl. decode / bare forward": bare_s / (ours_s + decode),
     }
+    if per_image:
+        best = best_seconds({"bare": bare_with_transforms, "ours": extract(per_image_dataset)}, 1)
+        results["bare forward + transforms (img/s)"] = n_images / best["bare"]
+        results["extract_features, per-image PIL dataset (img/s)"] = n_images / (best["ours"] / 2)
+    return results
 
 
 # ------------------------------------------------------------------------------- 2. fine-tuning
@@ -127,12 +141,15 @@ def one_epoch_recipe(config: dict) -> Any:
     """The default FT recipe cut to one plain epoch: no step floor, warm-up, milestones or BN pass."""
     raw = copy.deepcopy(config)
     ft = raw["finetune"]
-    ft.update(epochs=1, milestones=[], min_steps=0, warmup_steps=0)
+    # Two epochs for the config check (LP-FT's probe epochs must be fewer), then cut to one.
+    ft.update(epochs=2, milestones=[], min_steps=0, warmup_steps=0)
+    raw["lpft"]["lp_epochs"] = 1
     recipe = recipe_from_config("ft", validate_config(raw, source="benchmark override"))
-    return dataclasses.replace(recipe, recalibrate_bn=False)
+    stages = tuple(dataclasses.replace(stage, epochs=1) for stage in recipe.stages)
+    return dataclasses.replace(recipe, stages=stages, recalibrate_bn=False)
 
 
-def bench_finetune_epoch(config: dict, n_images: int, repeats: int) -> Results:
+def bench_finetune_epoch(config: dict, n_images: int, repeats: int, device: torch.device = torch.device("cpu")) -> Results:
     data = config["data"]
     source = open_source(data["dataset"], data["root"], "train")
     indices = np.sort(np.random.default_rng(0).choice(len(source), n_images, replace=False))
@@ -145,24 +162,35 @@ def bench_finetune_epoch(config: dict, n_images: int, repeats: int) -> Results:
     order = np.random.default_rng(1).permutation(np.resize(np.arange(n_images), steps * batch))
     batches = [dataset.batch(order[k * batch : (k + 1) * batch])[:2] for k in range(steps)]  # the same tensors
 
-    def bare() -> None:
-        model = copy.deepcopy(initial).train()
+    half = autocast_dtype(device)  # what train() uses on this device (None on the CPU)
+
+    def bare() -> None:  # train()'s arithmetic on CUDA too: channels_last, autocast, fp16's scaler
+        model = copy.deepcopy(initial).to(device).train()
+        if device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
         groups = [{"params": model.backbone.parameters(), "lr": stage.lr_backbone},
                   {"params": model.head.parameters(), "lr": stage.lr_head}]
         optimizer = torch.optim.SGD(groups, momentum=recipe.momentum, nesterov=recipe.nesterov, weight_decay=stage.weight_decay)
+        scaler = torch.amp.GradScaler("cuda", enabled=half == torch.float16)
         loss_fn = torch.nn.CrossEntropyLoss()
         for images, labels in batches:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(images), labels).backward()
-            optimizer.step()
+            with torch.autocast(device_type=device.type, dtype=half, enabled=half is not None):
+                loss = loss_fn(model(images), labels)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        synchronize(device)
 
     trained = []
 
     def ours() -> None:
         model = copy.deepcopy(initial)
         with tempfile.TemporaryDirectory() as tmp:
-            history = train(model, dataset, recipe, seed=0, device=torch.device("cpu"), checkpoint=Path(tmp) / "c.pt",
+            history = train(model, dataset, recipe, seed=0, device=device, checkpoint=Path(tmp) / "c.pt",
                             fingerprint=recipe_fingerprint(recipe, 0, "bench"), log=lambda _: None)
+        synchronize(device)
         trained.append(sum(h.get("steps", steps) for h in history) * batch)
 
     bare()  # warm-up

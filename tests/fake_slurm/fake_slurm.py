@@ -4,8 +4,8 @@ scontrol, sacctmgr and sshare are symlinks to this file, put first on PATH.
 
 sbatch records its arguments (one JSON line per call in $FAKE_SLURM_DIR/sbatch.jsonl), runs the
 job script right away on this machine with SLURM's job variables set, stores the job's final
-state, and prints the job id as `sbatch --parsable` does; sacct reports those states in its
---parsable2 format; srun drops its options and runs its command. Nothing else is emulated.
+state, and prints the job id as `sbatch --parsable` does; sacct and squeue report those states
+as the plugin asks for them (`id|state`); srun drops its options and runs its command. Nothing else is emulated.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def srun(args: list[str]) -> int:
     return subprocess.run(args[k:]).returncode
 
 
-def sacct(args: list[str]) -> int:
+def job_states(args: list[str]) -> int:
+    """`id|state` per job: the answer to the plugin's sacct --parsable2 and squeue --format=%i|%T."""
     for path in sorted(STATE.glob("*.state")):
         print(f"{path.stem}|{path.read_text()}")
     return 0
@@ -70,15 +71,15 @@ def main() -> int:
         return sbatch(args)
     if name == "srun":
         return srun(args)
-    if name == "sacct":
-        return sacct(args)
+    if name in ("sacct", "squeue"):
+        return job_states(args)
     if name == "sinfo":
         print("cpu*\ngpu")
     elif name in ("sacctmgr", "sshare"):
         print(os.environ.get("FAKE_SLURM_ACCOUNT", "test_account"))
     elif name == "scontrol" and args[:2] == ["show", "config"]:
         print("MinJobAge = 300 sec")
-    # squeue, scancel and the rest: nothing to say
+    # scancel and the rest: nothing to say
     return 0
 
 
