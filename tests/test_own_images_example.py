@@ -21,9 +21,12 @@ TEMPLATE = REPO / "config" / "my_images.yaml"
 RUN = "results/my_images/asvp/margin/seed0"
 
 
-def test_the_template_is_a_valid_config_for_your_own_images() -> None:
+def test_the_template_is_a_valid_config_for_your_own_images(tmp_path: Path, real_fashion_mnist: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import yaml
 
+    write_example_images(tmp_path / "examples/my_images", pool_size=10, test_size=5)
+    monkeypatch.chdir(tmp_path)  # the template's paths are read from the folder snakemake runs in
     config = validate_config(yaml.safe_load(TEMPLATE.read_text()))
     assert config["data"]["dataset"] == "unlabelled" and config["oracle"] == "human"
 
