@@ -1,4 +1,5 @@
-"""LP-FT's probe picks its L2 strength by cross-validation on the labelled set."""
+"""Fine-tune recipes: LP-FT's probe picks its L2 strength by cross-validation on the labelled set, and
+the step floor stretches a schedule that still decays over the whole run."""
 
 from __future__ import annotations
 
@@ -82,3 +83,18 @@ def test_the_probe_trains_and_records_the_decay_cross_validation_chose() -> None
     chosen, _ = choose_probe_decay(x, y, 3, PROBE_DECAY_GRID, seed=0)
     assert [h["weight_decay"] for h in history] == [chosen, chosen]
     assert history[-1]["train_accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("kind", ["ft", "lpft"])
+def test_the_default_step_floor_decays_the_lr_over_the_whole_stretched_run(kind: str) -> None:
+    """At 400 labels the 200-step floor binds (30 epochs are 94 steps): the milestones move with the
+    stretched epochs, so the lr falls x0.1 at 2/3 and 5/6 of the 200 steps, not after the 94th."""
+    from asvp.training import lr_factor, plan_stage
+
+    stage = recipe_from_config(kind, validate_config({"experiment": "unit"})).stages[-1]
+    plan = plan_stage(stage, n=400, batch_size=128)
+    factors = [lr_factor(stage, plan, step) for step in range(plan.steps)]
+    total = 200 if kind == "ft" else 180  # LP-FT's FT stage: its 27 of the 30 epochs' share of the floor
+    assert plan.steps == total and factors[0] == 1.0 and factors[-1] == pytest.approx(0.01)
+    first_drop, second_drop = factors.index(pytest.approx(0.1)), factors.index(pytest.approx(0.01))
+    assert abs(first_drop - 200 * 20 / 30 - (total - 200)) <= 1 and abs(second_drop - 200 * 25 / 30 - (total - 200)) <= 1
