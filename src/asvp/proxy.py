@@ -45,9 +45,10 @@ class ProxyRecipe:
 
     @classmethod
     def from_config(cls, proxy_config: dict[str, Any]) -> ProxyRecipe:
-        """The `proxy` config section's recipe (epochs, lr, weight_decay, batch_size). Momentum 0.9 with
-        Nesterov (paper appendix A; the official code's SGD) are fixed: this class's defaults, not
-        config keys (the scoring batch is proxy_scoring.INFERENCE_BATCH_SIZE)."""
+        """The `proxy` config section's recipe (epochs, lr, weight_decay, batch_size, target_loss,
+        max_cycles). Momentum 0.9 with Nesterov (paper appendix A; the official code's SGD) are
+        fixed: this class's defaults, not config keys (the scoring batch is
+        proxy_scoring.INFERENCE_BATCH_SIZE)."""
         return cls(**{key: proxy_config[key] for key in ("epochs", "lr", "weight_decay", "batch_size", "target_loss", "max_cycles")
                      if key in proxy_config})
 
