@@ -108,7 +108,7 @@ def test_lr_follows_the_per_step_cosine_7_16_schedule(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(asvp.proxy.torch.optim, "SGD", RecordingSGD)
     features, labels = _blobs(n_per_class=11)  # 33 rows, batch 16 -> 2 steps per epoch (merged tail)
-    recipe = ProxyRecipe(epochs=4, lr=0.2, batch_size=16)
+    recipe = ProxyRecipe(epochs=4, lr=0.2, batch_size=16, max_cycles=1)  # the paper's single cycle
     train_proxy(features, labels, 3, recipe, seed=0)
     total = 4 * 2
     expected = [0.2 * math.cos(math.pi * 7 / 16 * step / total) for step in range(total)]
@@ -241,3 +241,33 @@ def test_consecutive_rows_are_read_as_a_slice_with_the_same_outputs_as_a_gather(
         outputs[name] = (probabilities[order], hidden[order])
     np.testing.assert_array_equal(outputs["slice"][0], outputs["gather"][0])
     np.testing.assert_array_equal(outputs["slice"][1], outputs["gather"][1])
+
+
+def _separable_2000(classes: int = 10, dim: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """2,000 rows of overlapping-but-separable Gaussian classes: one batch of the paper's 2,048, so
+    its recipe is only 50 full-batch steps."""
+    generator = np.random.default_rng(0)
+    labels = np.arange(2000) % classes
+    features = generator.normal(size=(classes, dim))[labels] + generator.normal(size=(2000, dim))
+    return features.astype(np.float32), labels
+
+
+def test_the_default_proxy_trains_to_its_target_loss_on_2000_rows_where_one_cycle_underfits() -> None:
+    features, labels = _separable_2000()
+    paper = train_proxy(features, labels, 10, ProxyRecipe(max_cycles=1), seed=0)
+    default = train_proxy(features, labels, 10, ProxyRecipe(), seed=0)
+    assert paper.fit_record["final_train_loss"] > 0.2 and paper.fit_record["cycles"] == 1
+    assert default.fit_record["final_train_loss"] <= ProxyRecipe().target_loss
+    assert default.fit_record["cycles"] > 1 and default.fit_record["steps"] == 50 * default.fit_record["cycles"]
+    again = train_proxy(features, labels, 10, ProxyRecipe(), seed=0)  # the loss-based stop is deterministic
+    assert again.fit_record == default.fit_record
+    assert all(torch.equal(a, b) for a, b in zip(_weights(default), _weights(again)))
+
+
+def test_the_training_record_is_saved_with_the_weights_and_kept_out_of_them(tmp_path: Path) -> None:
+    features, labels = _blobs()
+    model = train_proxy(features, labels, 3, FAST, seed=0)
+    save_weights(model, tmp_path / "proxy.npz")
+    assert asvp.proxy.training_record(tmp_path / "proxy.npz") == model.fit_record
+    assert set(model.fit_record) == {"final_train_loss", "cycles", "steps"}
+    assert not any(name.startswith("training_") for name in load_weights(tmp_path / "proxy.npz"))

@@ -116,7 +116,7 @@ def test_lpft_recipe_from_config_is_the_ft_schedule_with_a_probe_first() -> None
             "experiment": "unit",
             "finetune": {"batch_size": 16, "epochs": 10, "lr_backbone": 0.001, "lr_head": 0.2, "weight_decay": 0.0,
                          "milestones": [9], "min_steps": 40, "warmup_steps": 3},
-            "lpft": {"lp_epochs": 4, "lp_lr": 2.0},
+            "lpft": {"lp_epochs": 4, "lp_lr": 2.0, "lp_weight_decay": 0.1},
         }
     )
     recipe = recipe_from_config("lpft", config)

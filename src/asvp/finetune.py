@@ -217,6 +217,8 @@ def finetune_and_evaluate(
                 "final_train_accuracy": history[-1]["train_accuracy"] if history else None,
                 "final_loss": history[-1]["loss"] if history else None,
                 "loss_curve": history,
+                # LP-FT's probe L2 strength, as cross-validation chose it (lpft.lp_weight_decay: cv) or as set.
+                "lp_weight_decay": next((h["weight_decay"] for h in history if "weight_decay" in h), None),
                 "finetune_key": key,
                 # Compute this fine-tune cost wherever it ran (a job that reuses it costs ~nothing):
                 # the cost model charges each key once, at these figures (this session's part only

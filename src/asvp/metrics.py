@@ -10,7 +10,9 @@ flattens makes any straight line through its last two points a guess): the point
     (with N2 = that count) is a lower bound, marked `censored = "above"`;
   * below its first point: N2 is at most the first label count, the ratio given is an upper
     bound, marked `censored = "below"`.
-Tables and plots carry the mark; an average over points that include censored ones says so.
+Tables and plots carry the mark and print a censored ratio as the bound it is (">= 0.0%",
+"<= -100.0%"), never as a plain value; an average over points censored one way only is itself a
+bound that way (`average_bound`), one over points censored both ways is no bound at all.
 
 Round 0 is the same seeded random draw for every method, so it measures no selection: the
 average saving ratio (the paper's headline figure) runs over the rounds after it.
@@ -19,6 +21,7 @@ average saving ratio (the paper's headline figure) runs over the rounds after it
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +30,42 @@ from asvp.errors import DataError
 
 RUN_KEYS = ["method", "strategy", "seed"]
 CENSOR_ABOVE, CENSOR_BELOW = "above", "below"
+# How an average over censored points is bounded: from below (its censored points all lie above
+# random's curve, so each is a lower bound), from above, or not at all (both kinds).
+BOUND_LOWER, BOUND_UPPER, BOUND_NONE = "lower", "upper", "mixed"
+CONFIDENCE = 0.95  # of the paired differences' t interval
+
+
+def average_bound(marks: Any) -> str:
+    """'' when no point is censored, else how the average over them is bounded (BOUND_*)."""
+    kinds = {mark for mark in marks if isinstance(mark, str) and mark}
+    if not kinds:
+        return ""
+    if kinds == {CENSOR_ABOVE}:
+        return BOUND_LOWER
+    if kinds == {CENSOR_BELOW}:
+        return BOUND_UPPER
+    return BOUND_NONE
+
+
+def combine_bounds(bounds: Any) -> str:
+    """The bound of a mean over runs whose averages carry these bounds."""
+    kinds = {b for b in bounds if isinstance(b, str) and b}
+    if not kinds:
+        return ""
+    return kinds.pop() if len(kinds) == 1 else BOUND_NONE
+
+
+def bounded(text: str, bound: str) -> str:
+    """`text` (a formatted ratio) marked as the bound it is: '>= ' lower, '<= ' upper, ' (censored
+    both ways: no bound)' when its points are censored in both directions."""
+    if bound in (BOUND_LOWER, CENSOR_ABOVE):
+        return ">= " + text
+    if bound in (BOUND_UPPER, CENSOR_BELOW):
+        return "<= " + text
+    if bound == BOUND_NONE:
+        return text + " (censored both ways: no bound)"
+    return text
 
 
 def monotone_curve(random_n: np.ndarray, random_acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +148,7 @@ def saving_table(summary: pd.DataFrame) -> pd.DataFrame:
     for record in summary.to_dict("records"):
         status = record.get("status", "ok")
         row = {k: record[k] for k in [*RUN_KEYS, "round", "n_labelled", "accuracy"]}
-        row.update(equivalent_labels=math.nan, saving_ratio=math.nan, censored="", excluded="")
+        row.update(equivalent_labels=math.nan, saving_ratio=math.nan, saving="", censored="", excluded="")
         if not math.isfinite(float(record["accuracy"])):
             row["excluded"] = "no accuracy"
         elif status == "diverged":
@@ -118,6 +157,7 @@ def saving_table(summary: pd.DataFrame) -> pd.DataFrame:
             n2 = equivalent_labels(n, acc, float(record["accuracy"]))
             row.update(equivalent_labels=n2, saving_ratio=saving_ratio(record["n_labelled"], n2),
                        censored=censoring(monotone, float(record["accuracy"])))
+            row["saving"] = bounded(f"{row['saving_ratio'] * 100:.1f}%", row["censored"])
         row["initial_round"] = int(record["round"]) == 0
         rows.append(row)
     return pd.DataFrame(rows)
@@ -132,6 +172,7 @@ def per_run_saving(table: pd.DataFrame) -> pd.DataFrame:
             average_saving_ratio=("saving_ratio", "mean"),
             points=("saving_ratio", "count"),
             censored=("censored", lambda c: int((c != "").sum())),
+            bound=("censored", average_bound),
             excluded=("excluded", lambda e: int((e != "").sum())),
         )
         .reset_index()
@@ -154,6 +195,7 @@ def average_saving(table: pd.DataFrame) -> pd.DataFrame:
             saving_ratio_std=("average_saving_ratio", "std"),
             seeds=("seed", "nunique"),
             censored_points=("censored", "sum"),
+            bound=("bound", combine_bounds),
             excluded_points=("excluded", "sum"),
         )
         .reset_index()
@@ -172,27 +214,74 @@ def points_are_comparable(summary: pd.DataFrame) -> None:
                         "evaluate random at those points too (evaluation.at)")
 
 
+def mean_interval(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """Mean and Student-t confidence interval (low, high) of the mean; NaN bounds with under 2 values."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+    return mean, mean - half, mean + half
+
+
+def format_interval(mean: float, low: float, high: float, bound: str = "") -> str:
+    """'12.3% [4.5%, 20.1%]' as percentages, marked with its censoring bound (`bounded`)."""
+    if not math.isfinite(mean):
+        return "n/a"
+    text = f"{mean * 100:.1f}%" + (f" [{low * 100:.1f}%, {high * 100:.1f}%]" if math.isfinite(low) else "")
+    return bounded(text, bound)
+
+
+def _difference_bound(ours: str, theirs: str) -> str:
+    """The bound of (ours - theirs) when each side is a bound: a lower bound minus an upper bound
+    (or an exact value) is a lower bound, and the reverse an upper one; other mixes are no bound."""
+    if not ours and not theirs:
+        return ""
+    if ours in ("", BOUND_LOWER) and theirs in ("", BOUND_UPPER):
+        return BOUND_LOWER
+    if ours in ("", BOUND_UPPER) and theirs in ("", BOUND_LOWER):
+        return BOUND_UPPER
+    return BOUND_NONE
+
+
 def paired_differences(table: pd.DataFrame, reference: str = "asvp") -> pd.DataFrame:
     """`reference` minus every other method in average saving ratio, paired by seed (a seed's
-    runs share round 0 and the test set), with a paired t-test: is the gap larger than the
-    seeds' spread? p is NaN with fewer than 2 common seeds."""
+    runs share round 0 and the test set): each side's mean saving ratio with its 95 % t interval
+    over seeds, the difference per seed, its mean with a 95 % paired t interval, and a paired
+    t-test (is the gap larger than the seeds' spread? p is NaN with fewer than 2 common seeds).
+    Each figure is marked with its censoring bound (">=" / "<="), so a capped ratio never reads
+    as a measured one."""
     from scipy import stats
 
     per_run = per_run_saving(table)
     rows = []
     for strategy in sorted(per_run.loc[per_run["method"] == reference, "strategy"].unique()):
-        ours = per_run[(per_run["method"] == reference) & (per_run["strategy"] == strategy)].set_index("seed")["average_saving_ratio"]
+        ours_runs = per_run[(per_run["method"] == reference) & (per_run["strategy"] == strategy)].set_index("seed")
+        ours = ours_runs["average_saving_ratio"]
         for (method, other_strategy), group in per_run.groupby(["method", "strategy"]):
             if method == reference or (method != "random" and other_strategy != strategy):
                 continue
-            theirs = group.set_index("seed")["average_saving_ratio"]
+            theirs_runs = group.set_index("seed")
+            theirs = theirs_runs["average_saving_ratio"]
             seeds = ours.index.intersection(theirs.index)
             gap = (ours[seeds] - theirs[seeds]).to_numpy()
             p_value = math.nan
             if len(seeds) >= 2 and np.std(gap) > 0:
                 p_value = float(stats.ttest_rel(ours[seeds], theirs[seeds]).pvalue)
+            our_bound = combine_bounds(ours_runs.loc[seeds, "bound"])
+            their_bound = combine_bounds(theirs_runs.loc[seeds, "bound"])
+            difference = mean_interval(gap)
             rows.append({"reference": reference, "strategy": strategy, "versus": method, "seeds": len(seeds),
-                         "difference_mean": float(gap.mean()) if len(gap) else math.nan,
+                         "reference_saving": format_interval(*mean_interval(ours[seeds].to_numpy()), our_bound),
+                         "versus_saving": format_interval(*mean_interval(theirs[seeds].to_numpy()), their_bound),
+                         "difference": format_interval(*difference, _difference_bound(our_bound, their_bound)),
+                         "difference_per_seed": " ".join(f"{seed}:{value * 100:+.1f}%" for seed, value in zip(seeds, gap)),
+                         "difference_mean": difference[0],
+                         "difference_ci_low": difference[1], "difference_ci_high": difference[2],
                          "difference_std": float(gap.std(ddof=1)) if len(gap) > 1 else math.nan,
                          "wins": int((gap > 0).sum()), "paired_t_p": p_value})
     return pd.DataFrame(rows)

@@ -8,6 +8,7 @@ which answer files exist), so the DAG can be tested without Snakemake.
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +31,11 @@ NEUTRAL_VALUES: dict[str, dict[str, Any]] = {
              "initial_labels": None, "interpolation": None, "mean": None, "std": None},
     "schedule": {"cold_start": "random"},
 }
+
+# How far past the methods' last evaluation point random must be evaluated for that point's
+# saving ratio to be measured, not capped: a method ahead of random there needs random's curve
+# to reach its accuracy (1.5x: a method saving up to a third of the labels is measured).
+RANDOM_REACH = 1.5
 
 # What a delivery folder holds (asvp.steps.evaluate.deliver): a run's final/, or with
 # evaluation.deliver: all also round<r>/delivered/ at its other evaluation points.
@@ -181,8 +187,30 @@ class Plan:
         schedule leaves ASVP's refresh rule nothing to do."""
         points = ", ".join(f"{r} ({self.labels_after[r]} labels)" for r in self.eval_rounds)
         described = f"asvp-flow: evaluation points at rounds {points}"
-        idle = self._idle_refresh_rule()
-        return f"{described}\nasvp-flow: {idle}" if idle else described
+        notes = [note for note in (self._idle_refresh_rule(), self._censored_points()) if note]
+        return "\n".join([described, *(f"asvp-flow: {note}" for note in notes)])
+
+    def random_points_to_add(self) -> list[int]:
+        """Label counts random would need, past the methods' last evaluation point, for no method
+        point to be censored: steps of the last budget up to RANDOM_REACH x that point."""
+        last, step = self.labels_after[self.eval_rounds[-1]], self.budgets[-1]
+        count = math.ceil((RANDOM_REACH * last - last) / step)
+        return [last + step * k for k in range(1, count + 1)]
+
+    def _censored_points(self) -> str | None:
+        """Why the saving ratio cannot be measured at the methods' last evaluation points, if random
+        is compared with other methods on the same grid (it always is: the grid is shared)."""
+        compared = [m for m in self.config["methods"] if m != "random"]
+        if "random" not in self.config["methods"] or not compared:
+            return None
+        last = self.labels_after[self.eval_rounds[-1]]
+        caps = [f"{n} labels at most {(last - n) / last:.0%}" for n in
+                [self.labels_after[r] for r in self.eval_rounds[-2:-1]] + [last]]
+        points = ", ".join(str(n) for n in self.random_points_to_add())
+        return (f"WARNING: random is evaluated no further than the methods' last point ({last} labels): a saving "
+                f"ratio there is read off random's curve only up to its end, so it can show {' and '.join(caps)} "
+                f"(reported as a bound, '>='); random evaluated at {points} labels ({RANDOM_REACH:g}x {last}) "
+                "would measure them")
 
     def _idle_refresh_rule(self) -> str | None:
         """Why the refresh rule can never change a selection here, if it cannot."""

@@ -21,12 +21,14 @@ from asvp.errors import require_finite_rows
 from asvp.features import read_rows
 
 INFERENCE_BATCH_SIZE = 16384  # feature rows per proxy forward pass when scoring the pool (paper appendix A)
+TRAINING_PREFIX = "training_"  # proxy.npz entries that record how training ended (asvp.proxy), not weights
 BATCHNORM_EPS = 1e-5  # torch.nn.BatchNorm1d's default, with which the proxy is trained
 
 
 def load_weights(path: str | Path) -> dict[str, np.ndarray]:
+    """The proxy's weight arrays (not the training record saved beside them)."""
     with np.load(path) as archive:
-        return {name: archive[name].astype(np.float32) for name in archive.files}
+        return {name: archive[name].astype(np.float32) for name in archive.files if not name.startswith(TRAINING_PREFIX)}
 
 
 def _folded(weights: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

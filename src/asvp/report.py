@@ -49,6 +49,12 @@ def _count(value: Any) -> int:
         return 0
 
 
+def _bound(row: dict[str, Any]) -> str:
+    """A saving-ratio row's censoring bound ('' for none, or a table from before it was kept)."""
+    bound = row.get("bound", "")
+    return bound if isinstance(bound, str) else ""
+
+
 def table1(saving: pd.DataFrame, cost: pd.DataFrame) -> pd.DataFrame:
     """Paper Table 1: per method and strategy, the average saving ratio, the overall cost to
     reach random's final accuracy, and the cost saving ratio (mean +- std over seeds)."""
@@ -63,7 +69,8 @@ def table1(saving: pd.DataFrame, cost: pd.DataFrame) -> pd.DataFrame:
             notes.append(f"target reached by {row['reached']} of {row['seeds_cost']} seeds")
         rows.append({
             "method": row["method"], "strategy": row["strategy"],
-            "sample saving ratio": "baseline" if row["method"] == "random" else pm(row.get("saving_ratio_mean", math.nan), row.get("saving_ratio_std", math.nan), 1, True),
+            "sample saving ratio": "baseline" if row["method"] == "random" else metrics.bounded(
+                pm(row.get("saving_ratio_mean", math.nan), row.get("saving_ratio_std", math.nan), 1, True), _bound(row)),
             "labels to target": pm(row.get("labels_mean", math.nan), math.nan, 0),
             "cost (USD)": pm(row.get("cost_mean", math.nan), row.get("cost_std", math.nan), 2),
             "cost saving ratio": "baseline" if row["method"] == "random" else pm(row.get("cost_saving_mean", math.nan), row.get("cost_saving_std", math.nan), 1, True),
@@ -77,7 +84,7 @@ def table3(saving: pd.DataFrame) -> pd.DataFrame:
     rows = saving[saving["method"].isin(ABLATIONS)]
     return pd.DataFrame([
         {"variant": ABLATIONS[r["method"]], "method": r["method"], "strategy": r["strategy"],
-         "average sample saving ratio": pm(r["saving_ratio_mean"], r["saving_ratio_std"], 1, True)}
+         "average sample saving ratio": metrics.bounded(pm(r["saving_ratio_mean"], r["saving_ratio_std"], 1, True), _bound(r))}
         for r in rows.to_dict("records")
     ])
 
@@ -176,7 +183,8 @@ def build(experiment_dir: str | Path, config: dict[str, Any], out_dir: str | Pat
                   f"Target: random's final accuracy {target:.4f}. "
                   + ("Compute was measured on a CPU and counted as GPU hours x cost.cpu_to_gpu_factor = "
                      f"{prices.cpu_to_gpu_factor:g}. " if on_cpu else "")
-                  + "Censored points: the accuracy lies outside the random curve, so the ratio is a bound."
+                  + "Censored points: the accuracy lies outside the random curve, so the ratio is a bound, printed as "
+                    "'>= x' (above random's last point) or '<= x' (below its first); evaluate random further to measure it."
                   + "".join(f" GAP ({what}): {message}" for what, message in gaps.items()))
     if not tested:
         price_note = NO_TEST_SET + " Shown instead: the labels per class, the refresh decisions and the final models' " \
@@ -207,8 +215,13 @@ def build(experiment_dir: str | Path, config: dict[str, Any], out_dir: str | Pat
              "predicted_classes": "Each run's final model on the pool images nobody labelled (final/predictions.csv), "
                                   "beside the labels it was trained on; mean_probability = its mean top-1 probability.",
              "table3": "Average sample saving ratio over the rounds after round 0 (paper Table 3 layout).",
-             "comparisons": "asvp minus each method in average saving ratio, paired by seed; wins = seeds where asvp "
-                            "is ahead; paired_t_p = paired t-test p-value (small: the gap exceeds the seeds' spread)."}
+             "comparisons": "Average saving ratios with 95% t intervals over seeds [low, high]; difference = asvp minus "
+                            "each method, paired by seed (difference_per_seed), with its 95% paired t interval; wins = "
+                            "seeds where asvp is ahead; paired_t_p = paired t-test p-value (small: the gap exceeds the "
+                            "seeds' spread). '>=' / '<=' mark bounds: the figure includes points censored by random's "
+                            "evaluated range.",
+             "saving_points": "saving: the ratio, or the bound it is ('>=' above random's last point, '<=' below "
+                              "its first) where the accuracy lies outside random's evaluated curve."}
     for name, frame in tables.items():
         write_csv(out_dir / f"{name}.csv", frame)
         if f"{name}.html" in TABLES:

@@ -32,7 +32,7 @@ from asvp.batching import batch_positions, epoch_seed, iterate_batches, recalibr
 from asvp.crash import crash_point
 from asvp.errors import ConfigError, DataError
 from asvp.precision import autocast_dtype, inference_autocast
-from asvp.probe import fit_linear_probe
+from asvp.probe import PROBE_DECAY_GRID, fit_linear_probe
 
 
 # Fixed parts of every recipe, not config keys: no recipe the paper reports changes them.
@@ -59,6 +59,9 @@ class Stage:
     # steps, so milestones keep their place; recipes whose floor does not bind are the paper's.
     min_steps: int = 0
     warmup_steps: int = 0  # linear lr warm-up over the first steps of the stage
+    # L-BFGS probe only: when given, cross-validation on the labelled set picks the L2 strength
+    # from these values (asvp.probe.choose_probe_decay) and weight_decay is not used.
+    weight_decay_grid: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,9 +117,14 @@ def recipe_from_config(kind: str, config: dict[str, Any]) -> TrainRecipe:
         if ft_epochs < 1:
             raise ConfigError(f"lpft.lp_epochs ({lp_epochs}) leaves no FT epochs of finetune.epochs ({epochs}); "
                               "lower lpft.lp_epochs or raise finetune.epochs")
+        by_cv = lp["lp_weight_decay"] == "cv"
+        if by_cv and lp["lp_solver"] != "lbfgs":
+            raise ConfigError("lpft.lp_weight_decay: cv cross-validates the L-BFGS probe; with lpft.lp_solver: sgd "
+                              "give lpft.lp_weight_decay a number (e.g. 0.0001)")
         stages = (
-            Stage("lp", lp_epochs, None, lp["lp_lr"], lp["lp_weight_decay"], "lbfgs" if lp["lp_solver"] == "lbfgs" else "cosine",
-                  (), math.ceil(floor_per_epoch * lp_epochs)),
+            Stage("lp", lp_epochs, None, lp["lp_lr"], 0.0 if by_cv else lp["lp_weight_decay"],
+                  "lbfgs" if lp["lp_solver"] == "lbfgs" else "cosine", (), math.ceil(floor_per_epoch * lp_epochs),
+                  weight_decay_grid=PROBE_DECAY_GRID if by_cv else ()),
             Stage("ft", ft_epochs, ft["lr_backbone"], ft["lr_head"], ft["weight_decay"], "step",
                   tuple(m - lp_epochs for m in ft["milestones"]), math.ceil(floor_per_epoch * ft_epochs), ft["warmup_steps"]),
         )
