@@ -27,7 +27,7 @@ print(PLAN.describe(), file=sys.stderr)
 RES = PLAN.res
 RUN = f"{RES}/{{method}}/{{strategy}}/seed{{seed}}"
 ROUND = f"{RUN}/round{{r}}"
-FINETUNES = f"{RES}/finetunes"  # fine-tunes keyed by what determines them, shared across methods
+FINETUNES = PLAN.finetune_cache  # fine-tunes keyed by what determines them, shared across methods
 BUDGETS = PLAN.budgets
 HUMAN_ORACLE = PLAN.human_oracle  # a person labels between selection and labelling: separate jobs
 GROWING_POOL = config["data"]["dataset"] == "unlabelled"  # your own images: the folder may grow (kept())

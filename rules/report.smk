@@ -35,6 +35,7 @@ rule summarize:
         class_counts=f"{RES}/class_counts.csv",
     params:
         n_rounds=PLAN.n_rounds,
+        random_rounds=len(PLAN.random_budgets),
         experiment_dir=lambda w, output: os.path.dirname(output.summary),
     threads: 1
     resources:
@@ -46,7 +47,7 @@ rule summarize:
         CONDA_ENV
     shell:
         "asvp --log {log} summarize --experiment-dir {params.experiment_dir} --metrics {input.metrics} --out {output.summary} "
-        "--rounds {params.n_rounds} --dataset-json {input.dataset} --rounds-out {output.rounds} "
+        "--rounds {params.n_rounds} --random-rounds {params.random_rounds} --dataset-json {input.dataset} --rounds-out {output.rounds} "
         "--decisions-out {output.decisions} --class-counts-out {output.class_counts}"
 
 

@@ -132,7 +132,7 @@ rule select_random:
         scores=f"{ROUND}/scores.npy",
         **labelled_outputs(ROUND),
     params:
-        budget=lambda w: BUDGETS[int(w.r)],
+        budget=lambda w: PLAN.budgets_of(w.method)[int(w.r)],
         label=label_step,
     threads: 1
     resources:

@@ -92,6 +92,18 @@ def test_max_refreshes_caps_the_number_of_refreshes() -> None:
     assert second["verdict"] == "keep" and "max_refreshes" in second["reason"]
 
 
+def test_refresh_at_places_the_one_refresh_where_it_is_told_whatever_the_rule_says() -> None:
+    x, y = overlapping()  # 90 labels
+    before = decide_round(x, y, reference(), None, settings(threshold=0.0, refresh_at=91))
+    assert before["verdict"] == "keep" and before["reason"] == "decision.refresh_at 91: not reached"
+    # threshold 0 would never fire; the position forces it, and the rule's score is still recorded.
+    at = decide_round(x, y, reference(), before, settings(threshold=0.0, refresh_at=90))
+    assert at["verdict"] == "refresh" and at["refresh_features"] and np.isfinite(at["score"])
+    assert at["reason"] == "decision.refresh_at 90: reached" and at["train_method"] == "ft"
+    after = decide_round(x, y, reference(), at, settings(threshold=0.0, refresh_at=90))
+    assert after["verdict"] == "keep" and "max_refreshes (1) reached" in after["reason"]
+
+
 def test_feature_alignment_off_keeps_features_but_still_switches_training() -> None:
     x, y = overlapping()
     s = settings(threshold=1e9, feature_alignment=False)

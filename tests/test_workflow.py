@@ -56,10 +56,18 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, real_fashion_mnist: P
 def test_full_run_reports_every_method_and_round(finished_run: Path) -> None:
     summary = pd.read_csv(finished_run / "results/tiny/summary.csv")
     assert set(summary["method"]) == METHODS
-    assert len(summary) == len(METHODS) * 3
-    for _, rows in summary.groupby("method"):
-        assert rows["round"].tolist() == [0, 1, 2]
-        assert rows["n_labelled"].tolist() == [20, 40, 60]
+    # Random runs on past the methods' last point (evaluation.random_beyond: auto, 1.5 x 60 on
+    # steps of 20 -> 100 labels, one round of 40), so its curve reaches their accuracies.
+    assert len(summary) == len(METHODS) * 3 + 1
+    for method, rows in summary.groupby("method"):
+        extra = [3] if method == "random" else []
+        assert rows["round"].tolist() == [0, 1, 2, *extra]
+        assert rows["n_labelled"].tolist() == [20, 40, 60, *[100] * len(extra)]
+    rounds = pd.read_csv(finished_run / "results/tiny/rounds.csv")
+    assert rounds.loc[rounds["method"] == "random", "round"].max() == 3
+    assert rounds.loc[rounds["method"] != "random", "round"].max() == 2
+    assert (finished_run / "results/tiny/random/random/seed0/final/model.pt").is_file()
+    assert not (finished_run / "results/tiny/random/random/seed0/round003/delivered").exists()
     assert summary["accuracy"].between(0, 1).all()
     assert (summary["seconds_evaluate"] > 0).all()
     proxy_rounds = summary[summary["method"].isin(["svpp", "asvp"]) & (summary["round"] > 0)]

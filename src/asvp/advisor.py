@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from asvp import costs, methods
+from asvp import costs, methods, metrics
 from asvp.errors import DataError
 from asvp.tables import NO_TEST_SET, has_test_set
 
@@ -77,7 +77,7 @@ def advise(experiment: str | Path, label_price: float, gpu_hour_price: float, ta
                                        "cpu_to_gpu_factor": cpu_to_gpu_factor})
     if not has_test_set(summary):
         return without_test_set(experiment_dir, summary, rounds, prices, label_price, gpu_hour_price)
-    target = costs.random_target(summary) if target_accuracy is None else float(target_accuracy)
+    target = costs.random_target(metrics.compared_points(summary)) if target_accuracy is None else float(target_accuracy)
     per_run = per_method_costs(summary, rounds, prices, target)
     grouped = per_run.groupby(["method", "strategy"])
     table = grouped.agg(cost=("cost", "mean"), low=("cost", "min"), high=("cost", "max"), labels=("n_labelled", "mean"),

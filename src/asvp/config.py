@@ -163,6 +163,7 @@ def _check_consistency(config: dict[str, Any], source: str) -> None:
         evaluation_rounds(budgets, config["evaluation"]["at"])
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    _check_random_beyond(config, source)
     candidates = config["strategy_options"]["badge"]["candidates"]
     if "badge" in config["strategies"] and candidates is not None and len(budgets) > 1 and candidates < max(budgets[1:]):
         raise ConfigError(
@@ -197,6 +198,25 @@ def _check_consistency(config: dict[str, Any], source: str) -> None:
 
 # Keys only data.dataset unlabelled (your own images) reads: set with another dataset, they are a mistake.
 OWN_IMAGE_KEYS = ("glob", "images", "classes", "test")
+
+
+def _check_random_beyond(config: dict[str, Any], source: str) -> None:
+    """evaluation.random_beyond as a list: increasing label counts past the last round's, within
+    the pool, labelled by the simulated oracle (people would label the baseline's extra rounds)."""
+    points, budgets = config["evaluation"]["random_beyond"], config["schedule"]["budgets"]
+    if points == "auto" or not points:
+        return
+    last, pool = sum(budgets), config["data"]["pool_subset"]
+    if config["oracle"] != "simulated":
+        raise ConfigError(f"{source}: evaluation.random_beyond {points} asks people (oracle: {config['oracle']}) to label "
+                          "extra rounds of the random baseline. Set evaluation.random_beyond: [] (or 'auto').")
+    reached = [last, *points]
+    if any(b <= a for a, b in zip(reached, reached[1:])):
+        raise ConfigError(f"{source}: evaluation.random_beyond {points} must increase and start past the last round's "
+                          f"{last} labels (the sum of schedule.budgets), e.g. [{last + budgets[-1]}, {last + 2 * budgets[-1]}].")
+    if pool is not None and points[-1] > pool:
+        raise ConfigError(f"{source}: evaluation.random_beyond reaches {points[-1]} labels but data.pool_subset is only "
+                          f"{pool} images. Lower the points or enlarge the pool.")
 
 
 def _check_own_images(config: dict[str, Any], source: str) -> None:

@@ -173,7 +173,8 @@ def reach_target(points: pd.DataFrame, target: float) -> dict[str, float]:
 
 
 def random_target(summary: pd.DataFrame) -> float:
-    """The accuracy of the random baseline at its last evaluation point (mean over seeds)."""
+    """The accuracy of the random baseline at its last evaluation point (mean over seeds): pass
+    `metrics.compared_points`, so that it is the methods' last point, not random's own extension."""
     rows = summary[summary["method"] == "random"]
     if rows.empty:
         raise DataError("no random baseline in the summary: the cost to reach its accuracy needs it")

@@ -19,6 +19,8 @@ the paper, with the choices the paper leaves open made explicit and recorded:
     seeded sample of at most `reference_rows` rows;
   * LogME defaults to thuml's fixed-point variant, on whose scale the paper's threshold of 1 was
     set (it is inflated when N < D; the 'icml' variant is the corrected formula).
+`refresh_at` replaces the rule by a fixed position (the paper's Table 4 study): refresh after the
+first round whose labelled set reaches that many labels.
 Ablations (paper Table 3): `feature_alignment` off keeps the features whatever the verdict;
 `training_alignment` off always trains the final model with FT. With both on, the final model
 is trained with LP-FT until the rule first triggers, and with FT from then on.
@@ -132,6 +134,14 @@ def decide_round(
         labels_added=labels_added,
         normalised_difference=normalised,
     )
+    forced_at = settings.get("refresh_at")
+    if forced_at is not None:
+        # The position study (paper Table 4): the refresh falls where it is told, the scores are
+        # still recorded so that the rule's own verdict can be read next to it.
+        due = len(labels) >= forced_at and triggers_before < settings["max_refreshes"]
+        return _finish(record, triggers_before, version, due,
+                       f"decision.refresh_at {forced_at}: " + ("reached" if due else
+                       "not reached" if len(labels) < forced_at else f"max_refreshes ({settings['max_refreshes']}) reached"))
     if moved.n_steps <= ped_settings["converged_steps"]:
         return _finish(record, triggers_before, version, False, f"PED converged in {moved.n_steps} step(s)")
     if difference is None:

@@ -135,6 +135,17 @@ def random_curve(summary: pd.DataFrame) -> pd.DataFrame:
     return curve.rename(columns={"mean": "accuracy", "count": "seeds"})
 
 
+def compared_points(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary without random's points past the other methods' last label count
+    (evaluation.random_beyond): those extend the random curve that saving ratios are read off,
+    and are no point of the comparison itself (costs, per-class tables, random's own rows)."""
+    others = summary[summary["method"] != "random"]
+    if others.empty:
+        return summary
+    beyond = (summary["method"] == "random") & (summary["n_labelled"] > others["n_labelled"].max())
+    return summary[~beyond]
+
+
 def saving_table(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per evaluated point of every run: N1, A, N2, the saving ratio and its censoring.
 
@@ -145,7 +156,7 @@ def saving_table(summary: pd.DataFrame) -> pd.DataFrame:
     n, acc = curve["n_labelled"].to_numpy(), curve["accuracy"].to_numpy()
     _, monotone = monotone_curve(n, acc)
     rows = []
-    for record in summary.to_dict("records"):
+    for record in compared_points(summary).to_dict("records"):
         status = record.get("status", "ok")
         row = {k: record[k] for k in [*RUN_KEYS, "round", "n_labelled", "accuracy"]}
         row.update(equivalent_labels=math.nan, saving_ratio=math.nan, saving="", censored="", excluded="")

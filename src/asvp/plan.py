@@ -22,7 +22,7 @@ from asvp.strategies.base import STRATEGIES
 
 # Keys that choose which jobs exist, not what a job computes: left out of params so that
 # changing them never reruns the jobs that remain.
-PLANNING_KEYS: dict[str, tuple[str, ...]] = {"evaluation": ("at", "deliver")}
+PLANNING_KEYS: dict[str, tuple[str, ...]] = {"evaluation": ("at", "deliver", "random_beyond", "finetune_cache")}
 # Keys added after results existed, left out of params while they hold the value that behaves
 # as before they existed: adding a key must not make every job of an existing experiment look
 # changed (fine-tune cache keys hash the same excerpt). A new key with a default goes here.
@@ -30,6 +30,7 @@ NEUTRAL_VALUES: dict[str, dict[str, Any]] = {
     "data": {"bad_images": "stop", "glob": "**/*", "images": None, "classes": None, "test": None,
              "initial_labels": None, "interpolation": None, "mean": None, "std": None},
     "schedule": {"cold_start": "random"},
+    "decision": {"refresh_at": None},
 }
 
 # How far past the methods' last evaluation point random must be evaluated for that point's
@@ -174,12 +175,19 @@ class Plan:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
         self.res = f"{config['results_dir']}/{config['experiment']}"
+        self.finetune_cache = config["evaluation"]["finetune_cache"] or f"{self.res}/finetunes"
         self.budgets: list[int] = config["schedule"]["budgets"]
         self.n_rounds = len(self.budgets)
         self.eval_rounds = evaluation_rounds(self.budgets, config["evaluation"]["at"])
         self.labels_after = cumulative_labels(self.budgets)
         # People label (by files or in Label Studio): selection and labelling are separate jobs.
         self.human_oracle = config["oracle"] in ("human", "label_studio")
+        # Random's own rounds past the methods' last point (evaluation.random_beyond), each
+        # evaluated: its curve must reach past the methods' accuracies for their saving ratios
+        # to be measured rather than capped.
+        self.random_points = self._random_points()
+        reached = [self.labels_after[-1], *self.random_points]
+        self.random_budgets = self.budgets + [b - a for a, b in zip(reached, reached[1:])]
         self._pulled: set[tuple[str, int]] = set()
 
     def describe(self) -> str:
@@ -187,8 +195,35 @@ class Plan:
         schedule leaves ASVP's refresh rule nothing to do."""
         points = ", ".join(f"{r} ({self.labels_after[r]} labels)" for r in self.eval_rounds)
         described = f"asvp-flow: evaluation points at rounds {points}"
+        if self.random_points:
+            described += (f"; random also at {', '.join(map(str, self.random_points))} labels "
+                          "(evaluation.random_beyond: its curve reaches past the methods')")
         notes = [note for note in (self._idle_refresh_rule(), self._censored_points()) if note]
         return "\n".join([described, *(f"asvp-flow: {note}" for note in notes)])
+
+    def _random_points(self) -> list[int]:
+        """Label counts past the methods' last point where random is also evaluated: the list
+        given, or with 'auto' the first step of the last budget at or past RANDOM_REACH x that
+        point, when random is compared with another method, the oracle is simulated (people
+        would have to label the baseline's extra rounds) and the pool holds that many images."""
+        beyond = self.config["evaluation"]["random_beyond"]
+        if beyond != "auto":
+            return list(beyond)
+        compared = "random" in self.config["methods"] and len(self.config["methods"]) > 1
+        if not compared or self.human_oracle:
+            return []
+        point = self.random_points_to_add()[-1]
+        pool = self.config["data"]["pool_subset"]
+        return [point] if pool is None or point <= pool else []
+
+    def budgets_of(self, method: str) -> list[int]:
+        """The labels each round of a method's run adds: random's runs on past the last point."""
+        return self.random_budgets if method == "random" else self.budgets
+
+    def eval_rounds_of(self, method: str) -> list[int]:
+        """The rounds where a method's final model is trained and tested."""
+        extra = range(self.n_rounds, len(self.random_budgets)) if method == "random" else range(0)
+        return [*self.eval_rounds, *extra]
 
     def random_points_to_add(self) -> list[int]:
         """Label counts random would need, past the methods' last evaluation point, for no method
@@ -199,9 +234,9 @@ class Plan:
 
     def _censored_points(self) -> str | None:
         """Why the saving ratio cannot be measured at the methods' last evaluation points, if random
-        is compared with other methods on the same grid (it always is: the grid is shared)."""
+        is compared with other methods and evaluated no further than they are."""
         compared = [m for m in self.config["methods"] if m != "random"]
-        if "random" not in self.config["methods"] or not compared:
+        if "random" not in self.config["methods"] or not compared or self.random_points:
             return None
         last = self.labels_after[self.eval_rounds[-1]]
         caps = [f"{n} labels at most {(last - n) / last:.0%}" for n in
@@ -210,7 +245,7 @@ class Plan:
         return (f"WARNING: random is evaluated no further than the methods' last point ({last} labels): a saving "
                 f"ratio there is read off random's curve only up to its end, so it can show {' and '.join(caps)} "
                 f"(reported as a bound, '>='); random evaluated at {points} labels ({RANDOM_REACH:g}x {last}) "
-                "would measure them")
+                "would measure them (evaluation.random_beyond)")
 
     def _idle_refresh_rule(self) -> str | None:
         """Why the refresh rule can never change a selection here, if it cannot."""
@@ -237,7 +272,7 @@ class Plan:
 
     def rounds_of(self, method: str) -> list[int]:
         """The rounds a method's run has: single-shot methods only select at evaluation points."""
-        return list(self.eval_rounds) if methods.method(method).single_shot else list(range(self.n_rounds))
+        return list(self.eval_rounds) if methods.method(method).single_shot else list(range(len(self.budgets_of(method))))
 
     def labelled_rounds(self, method: str, strategy: str, seed: int) -> list[int]:
         """Rounds whose labels can be had now: every round with the simulated oracle; with people,
@@ -285,20 +320,20 @@ class Plan:
 
     def metrics_files(self) -> list[str]:
         """metrics.json of every evaluation point whose labels exist (the curves' points)."""
-        labelled = {run: set(self.labelled_rounds(*run)) for run in self.runs()}
+        labelled = {run: set(self.labelled_rounds(*run)) & set(self.eval_rounds_of(run[0])) for run in self.runs()}
         return [f"{self.run_dir(*run)}/round{r:03d}/metrics.json"
-                for r in self.eval_rounds for run in labelled if r in labelled[run]]
+                for r in range(len(self.random_budgets)) for run in labelled if r in labelled[run]]
 
     def round_files(self) -> list[str]:
         """A cheap file of every round in ascending order: keeps DAG recursion shallow for long runs."""
         labelled = {run: set(self.labelled_rounds(*run)) for run in self.runs()}
         return [f"{self.run_dir(*run)}/round{r:03d}/{name}"
-                for r in range(self.n_rounds) for run in labelled if r in labelled[run]
+                for r in range(len(self.random_budgets)) for run in labelled if r in labelled[run]
                 for name in ["labelled.csv"] + (["decision.json"] if methods.method(run[0]).decides else [])]
 
     def delivered_rounds(self, method: str) -> list[int]:
         """Evaluation points whose model is delivered: the last round, or every one with deliver: all."""
-        evaluated = [r for r in self.rounds_of(method) if r in self.eval_rounds]
+        evaluated = [r for r in self.rounds_of(method) if r in self.eval_rounds_of(method)]
         return evaluated if self.config["evaluation"]["deliver"] == "all" else [self.n_rounds - 1]
 
     def delivery_folder(self, r: int) -> str:

@@ -167,8 +167,9 @@ def build(experiment_dir: str | Path, config: dict[str, Any], out_dir: str | Pat
     try:
         if not tested:
             raise DataError(NO_TEST_SET)
-        cost_points = costs.compute_table(summary, rounds, prices)
-        target = costs.random_target(summary)
+        compared = metrics.compared_points(summary)
+        cost_points = costs.compute_table(compared, rounds, prices)
+        target = costs.random_target(compared)
         per_run = costs.cost_to_target(cost_points, prices, target)
         cost_table = costs.cost_summary(per_run)
     except DataError as exc:
@@ -204,7 +205,7 @@ def build(experiment_dir: str | Path, config: dict[str, Any], out_dir: str | Pat
         "saving_points": saving,
         "time_model": timing,
         "decisions": decisions,
-        "per_class_accuracy": per_class_accuracy(summary, classes) if tested else gap_frame(NO_TEST_SET),
+        "per_class_accuracy": per_class_accuracy(metrics.compared_points(summary), classes) if tested else gap_frame(NO_TEST_SET),
         "class_counts": class_counts(counts),
         "predicted_classes": predicted,
         "costs": cost_points,

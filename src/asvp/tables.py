@@ -84,8 +84,9 @@ def _finetune_columns(prefix: str, path: Path) -> dict[str, Any]:
 
 
 def collect_rounds(experiment_dir: str | Path, runs: list[tuple[str, str, int]], n_rounds: int,
-                   classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """rounds, decisions and class-count tables for rounds 0..n_rounds-1 of the given runs.
+                   classes: list[str], random_rounds: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """rounds, decisions and class-count tables for rounds 0..n_rounds-1 of the given runs
+    (0..random_rounds-1 of the random baseline's, when it runs on past the others).
 
     Only the runs and rounds of the current config are read: a results tree keeps files of
     methods or rounds a user has since removed, and those must not leak into the figures.
@@ -95,7 +96,7 @@ def collect_rounds(experiment_dir: str | Path, runs: list[tuple[str, str, int]],
     extract_seconds = _benchmark_seconds(extraction) if extraction.exists() else 0.0
     rounds, decisions, counts = [], [], []
     for method, strategy, seed in runs:
-        for r in range(n_rounds):
+        for r in range((random_rounds or n_rounds) if method == "random" else n_rounds):
             directory = experiment_dir / method / strategy / f"seed{seed}" / f"round{r:03d}"
             labelled_csv = directory / "labelled.csv"
             if not labelled_csv.exists():
@@ -119,10 +120,11 @@ def collect_rounds(experiment_dir: str | Path, runs: list[tuple[str, str, int]],
 
 
 def write_round_tables(experiment_dir: str | Path, runs: list[tuple[str, str, int]], n_rounds: int, dataset_json: str | Path,
-                       rounds_out: str | Path, decisions_out: str | Path, class_counts_out: str | Path) -> None:
+                       rounds_out: str | Path, decisions_out: str | Path, class_counts_out: str | Path,
+                       random_rounds: int | None = None) -> None:
     info = read_json(dataset_json)
     classes = info.get("classes") or [str(i) for i in range(info["num_classes"])]
-    rounds, decisions, counts = collect_rounds(experiment_dir, runs, n_rounds, classes)
+    rounds, decisions, counts = collect_rounds(experiment_dir, runs, n_rounds, classes, random_rounds)
     seconds = sorted(c for c in rounds.columns if c.startswith("seconds_"))
     rounds[seconds] = rounds[seconds].fillna(0.0)
     write_csv(rounds_out, rounds)
