@@ -39,7 +39,8 @@ import pandas as pd
 import torch
 
 from asvp.atomic import write_csv
-from asvp.backbones import build_backbone, resolve_checkpoint
+from asvp.backbones import build_backbone
+from asvp.checkpoints import resolve_checkpoint
 from asvp.config import load_config, validate_config
 from asvp.data import ImageDataset, build_transform, make_dataset, open_source
 from asvp.extraction import CHUNK_ROWS, SplitInput, extract_features

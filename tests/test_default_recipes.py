@@ -59,7 +59,7 @@ def test_the_default_recipe_fits_a_small_labelled_set_without_diverging(
     arch: str, weights: str, recipe: str, real_fashion_mnist: Path, random_checkpoints: dict[str, Path], tmp_path: Path,
 ) -> None:
     if weights == "packaged":
-        from asvp.backbones import default_checkpoint
+        from asvp.checkpoints import default_checkpoint
         from asvp.errors import CheckpointError
 
         try:

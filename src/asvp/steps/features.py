@@ -119,7 +119,8 @@ def extract(config: dict[str, Any], pool: str, test: str, out: str, model: str |
     import torch
 
     from asvp import extraction
-    from asvp.backbones import file_sha256, preprocessing_for, pretrained_backbone
+    from asvp.backbones import preprocessing_for, pretrained_backbone
+    from asvp.checkpoints import file_sha256
     from asvp.data.unlabelled import UNLABELLED
     from asvp.data import dataset_for, transform_for
     from asvp.device import job_processes, resolve_device
