@@ -110,7 +110,8 @@ def write_config(folder: Path, rounds: int, budget: int, evaluate: str, pool: in
         "strategies: [margin]\n"
         f"data: {{pool_subset: {pool}}}\n"
         f"schedule: {{budgets: [{', '.join(map(str, budgets))}]}}\n"
-        f"evaluation: {{at: {at}}}\n"
+        # No extra random rounds: the plan keeps the shape of the rows measured before they existed.
+        f"evaluation: {{at: {at}, random_beyond: []}}\n"
     )
     path = folder / "config.yaml"
     path.write_text(text)

@@ -157,8 +157,10 @@ def test_evaluation_points_are_planned_apart_from_selection_rounds(tmp_path: Pat
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = planned_jobs(result.stdout)
     evaluated = sorted({(w["method"], int(w["r"])) for rule, w in jobs if rule == "evaluate"})
-    # random, svpp and asvp train the final model at 20 and 60 labels and in the last round only.
-    assert evaluated == sorted((m, r) for m in ("random", "svpp", "asvp") for r in (0, 2, 4))
+    # random, svpp and asvp train the final model at 20 and 60 labels and in the last round only;
+    # random also in its own round 5, at 160 labels (1.5 x 100 on steps of 20: evaluation.random_beyond auto).
+    assert evaluated == sorted([(m, r) for m in ("random", "svpp", "asvp") for r in (0, 2, 4)] + [("random", 5)])
+    assert "random also at 160 labels" in result.stderr
     # standard fine-tunes every round: its next selection reads that model.
     assert sorted(int(w["r"]) for rule, w in jobs if rule == "finetune_standard") == [0, 1, 2, 3, 4]
     assert "evaluation points at rounds 0 (20 labels), 2 (60 labels), 4 (100 labels)" in result.stderr
