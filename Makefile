@@ -8,9 +8,9 @@ run:  ## set up, then run the default experiment (workflow_config.yaml) into res
 	bash scripts/bootstrap.sh
 	$(VENV)/bin/snakemake --cores $(CORES)
 
-test:  ## set up (with the Label Studio server the live tests start), then run the test suite
+test:  ## set up (with the Label Studio server the live tests start), then run the test suite on CORES workers
 	bash scripts/bootstrap.sh --label-studio-server
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n $(CORES) --dist loadgroup
 
 dry-run:  ## show what `make run` would do
 	$(VENV)/bin/snakemake -n --cores $(CORES)

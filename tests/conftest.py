@@ -66,3 +66,16 @@ def default_weights() -> Path:
         return default_checkpoint()
     except CheckpointError as exc:
         pytest.skip(str(exc))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Which tests share a worker under pytest-xdist (`make test`: -n CORES --dist loadgroup).
+
+    A module's tests stay together, as its module- and session-scoped fixtures (a finished tiny
+    run, a SLURM cluster, a Label Studio server) are costly and must be made once; a workflow
+    test of test_workflow.py that makes its own run goes to whichever worker is free, so the
+    long end-to-end runs spread over the cores instead of queueing on one.
+    """
+    for item in items:
+        own_run = item.module.__name__.endswith("test_workflow") and "finished_run" not in item.fixturenames
+        item.add_marker(pytest.mark.xdist_group(item.nodeid if own_run else item.module.__name__))

@@ -332,8 +332,9 @@ class Plan:
                 for name in ["labelled.csv"] + (["decision.json"] if methods.method(run[0]).decides else [])]
 
     def delivered_rounds(self, method: str) -> list[int]:
-        """Evaluation points whose model is delivered: the last round, or every one with deliver: all."""
-        evaluated = [r for r in self.rounds_of(method) if r in self.eval_rounds_of(method)]
+        """Evaluation points whose model is delivered: the last round, or every one with deliver: all
+        (random's own points past the last round extend its curve only: none of them)."""
+        evaluated = [r for r in self.rounds_of(method) if r in self.eval_rounds]
         return evaluated if self.config["evaluation"]["deliver"] == "all" else [self.n_rounds - 1]
 
     def delivery_folder(self, r: int) -> str:

@@ -63,16 +63,9 @@ def fit_linear_probe(
         decay, scores = choose_probe_decay(x, y, head.out_features, stage.weight_decay_grid, seed)
         log(f"{stage.name}: L2 {decay:g} by {fold_count(y.cpu().numpy())}-fold cross-validation "
             f"(validation cross-entropy {', '.join(f'{d:g}: {v:.3f}' for d, v in scores.items())})")
-    optimizer = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=LBFGS_ITERATIONS_PER_EPOCH,
-                                  history_size=20, line_search_fn="strong_wolfe")
+    optimizer = _lbfgs(head, LBFGS_ITERATIONS_PER_EPOCH)
+    objective = _penalised_objective(optimizer, head, x, y, decay)
     loss_fn = nn.CrossEntropyLoss()
-
-    def objective() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(head(x), y) + 0.5 * decay * head.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
     history = []
     for epoch in range(stage.epochs):
         optimizer.step(objective)
@@ -117,8 +110,19 @@ def fit_logistic_head(x: torch.Tensor, y: torch.Tensor, num_classes: int, decay:
     with torch.no_grad():
         head.weight.zero_()
         head.bias.zero_()
-    optimizer = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=iterations, history_size=20,
-                                  line_search_fn="strong_wolfe")
+    optimizer = _lbfgs(head, iterations)
+    optimizer.step(_penalised_objective(optimizer, head, x, y, decay))
+    return head
+
+
+def _lbfgs(head: nn.Linear, iterations: int) -> torch.optim.LBFGS:
+    return torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=iterations, history_size=20,
+                             line_search_fn="strong_wolfe")
+
+
+def _penalised_objective(optimizer: torch.optim.Optimizer, head: nn.Linear, x: torch.Tensor, y: torch.Tensor,
+                         decay: float) -> Callable[[], torch.Tensor]:
+    """L-BFGS's closure: cross-entropy plus 0.5 x decay x |W|^2 (the bias is not penalised)."""
     loss_fn = nn.CrossEntropyLoss()
 
     def objective() -> torch.Tensor:
@@ -127,8 +131,7 @@ def fit_logistic_head(x: torch.Tensor, y: torch.Tensor, num_classes: int, decay:
         loss.backward()
         return loss
 
-    optimizer.step(objective)
-    return head
+    return objective
 
 
 def choose_probe_decay(x: torch.Tensor, y: torch.Tensor, num_classes: int, grid: tuple[float, ...],
