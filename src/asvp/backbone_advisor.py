@@ -202,6 +202,28 @@ def cv_probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int) -> tu
     return correct / len(labels), decay, k
 
 
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def _release_freed_memory() -> None:
+    """Hand memory that earlier candidates freed back to the system, and keep it so: glibc keeps
+    freed memory for reuse, and raises its mmap threshold after large frees, so that a candidate
+    measured after a larger one read 40-60 MB off (low where it reused memory, high where its
+    tensors fragmented the heap). A fixed 128 KiB threshold maps every tensor of that size or more
+    on its own and unmaps it when freed, so the resident set follows the live tensors."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the peak may read off by tens of MB
+        pass
+
+
 def _proc_kib(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -221,6 +243,7 @@ def peak_memory(device: Any) -> Iterator[dict[str, Any]]:
     import torch
 
     found: dict[str, Any] = {}
+    _release_freed_memory()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -261,13 +284,24 @@ def _extract(config: dict[str, Any], backbone: Any, pilot: Pilot, pool_rows: np.
     return load_rows(out, "pool")[0], load_rows(out, "test")[0]
 
 
+def warm_up(config: dict[str, Any], candidate: Candidate, pilot: Pilot, folder: Path) -> None:
+    """One small unmeasured extraction: the process's one-off costs (lazy imports, the math
+    libraries' buffers, about 70 MB on a CPU) would otherwise count in the first candidate's peak."""
+    from asvp.backbones import build_backbone, preprocessing_for
+    from asvp.device import resolve_device
+
+    settings = candidate_config(config, candidate)
+    backbone = build_backbone(candidate.arch, candidate.checkpoint, prefix=config["backbone"]["prefix"],
+                              image_size=preprocessing_for(settings).resolution)
+    _extract(settings, backbone, pilot, pilot.rows[:8], np.zeros(0, np.int64), folder / "warm_up.h5",
+             resolve_device(config["device"]))
+
+
 def measure(config: dict[str, Any], candidate: Candidate, pilot: Pilot, folder: Path, finetune: bool) -> dict[str, Any]:
     """Every metric of one candidate on the pilot (see the module docstring); scratch files go to `folder`."""
     import torch
 
     from asvp.backbones import build_backbone, preprocessing_for
-    from asvp.data.sources import open_data
-    from asvp.data.tensor_dataset import supports
     from asvp.device import resolve_device
     from asvp.logme import VARIANTS, logme
     from asvp.ped import ped
@@ -277,18 +311,16 @@ def measure(config: dict[str, Any], candidate: Candidate, pilot: Pilot, folder: 
     device = resolve_device(config["device"])
     seed = config["seeds"][0]
     measured = np.concatenate([pilot.rows, pilot.reference_rows])
-    with peak_memory(device) as memory:
-        started = time.perf_counter()
-        backbone = build_backbone(candidate.arch, candidate.checkpoint, prefix=config["backbone"]["prefix"],
-                                  image_size=resolution)
-        built = time.perf_counter()
-        features, _ = _extract(settings, backbone, pilot, measured, np.zeros(0, np.int64), folder / "pilot.h5", device)
-        extracted = time.perf_counter()
+    torch.manual_seed(seed)  # random init (:none) gives the same network, and the same advice, every time
+    started = time.perf_counter()
+    backbone = build_backbone(candidate.arch, candidate.checkpoint, prefix=config["backbone"]["prefix"],
+                              image_size=resolution)
+    built = time.perf_counter()
+    features, _ = _extract(settings, backbone, pilot, measured, np.zeros(0, np.int64), folder / "pilot.h5", device)
+    extracted = time.perf_counter()
     x, reference = features[: len(pilot.rows)], features[len(pilot.rows):]
     accuracy, decay, folds = cv_probe_accuracy(x, pilot.labels, seed)
     per_image = (extracted - built) / len(measured)
-    decoded = 3 * resolution * resolution  # uint8 bytes per image the in-memory dataset holds
-    in_memory = supports(open_data(settings["data"], "train"), pilot.pool_size, False, resolution)
     row: dict[str, Any] = {
         "candidate": candidate.text,
         "arch": candidate.arch,
@@ -305,19 +337,57 @@ def measure(config: dict[str, Any], candidate: Candidate, pilot: Pilot, folder: 
         "build_seconds": built - started,
         "extract_images": len(measured),
         "extract_seconds_per_1000": 1000 * per_image,
-        "peak_memory_mb": memory["bytes"] / 2**20,
-        "memory_measure": memory["kind"],
         "pool_images": pilot.pool_size,
         "pool_extract_seconds": per_image * pilot.pool_size,
-        "pool_peak_memory_mb": (memory["bytes"] + in_memory * decoded * max(0, pilot.pool_size - len(measured))) / 2**20,
         "pool_features_mb": pilot.pool_size * int(backbone.feature_dim) * np.dtype(config["features"]["dtype"]).itemsize / 2**20,
     }
     if finetune:
         row.update(_finetune_gap(settings, backbone, x, pilot, folder, decay, device))
+    return row
+
+
+def extraction_memory(config: dict[str, Any], candidate: Candidate, pilot: Pilot, folder: Path) -> dict[str, Any]:
+    """Peak memory of building the candidate and extracting what `measure` extracted, and that
+    extrapolated to the whole pool (the in-memory dataset holds every decoded image: 3 x PX^2 bytes
+    each, where it applies). A pass of its own, after every candidate was timed: the way it keeps
+    the peaks apart (`_release_freed_memory`) slows extraction, up to a third at 32 px."""
+    import torch
+
+    from asvp.backbones import build_backbone, preprocessing_for
+    from asvp.data.sources import open_data
+    from asvp.data.tensor_dataset import supports
+    from asvp.device import resolve_device
+
+    settings = candidate_config(config, candidate)
+    resolution = preprocessing_for(settings).resolution
+    device = resolve_device(config["device"])
+    measured = np.concatenate([pilot.rows, pilot.reference_rows])
+    torch.manual_seed(config["seeds"][0])
+    with peak_memory(device) as memory:
+        backbone = build_backbone(candidate.arch, candidate.checkpoint, prefix=config["backbone"]["prefix"],
+                                  image_size=resolution)
+        _extract(settings, backbone, pilot, measured, np.zeros(0, np.int64), folder / "memory.h5", device)
     del backbone
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the next candidate's peak starts from what it allocates itself
-    return row
+    in_memory = supports(open_data(settings["data"], "train"), pilot.pool_size, False, resolution)
+    growth = in_memory * 3 * resolution * resolution * max(0, pilot.pool_size - len(measured))
+    return {"peak_memory_mb": memory["bytes"] / 2**20, "memory_measure": memory["kind"],
+            "pool_peak_memory_mb": (memory["bytes"] + growth) / 2**20}
+
+
+@contextlib.contextmanager
+def _naming(candidate: Candidate) -> Iterator[None]:
+    """Errors of one candidate's measurement, with the candidate named (and the fix for a model
+    that cannot run these images)."""
+    try:
+        yield
+    except AsvpError as error:
+        raise type(error)(f"candidate {candidate.text!r}: {error}") from None
+    except (RuntimeError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"candidate {candidate.text!r}: feature extraction failed ({first}); drop it from "
+                        "--candidates or give it another @PX") from None
 
 
 def _finetune_gap(settings: dict[str, Any], backbone: Any, x: np.ndarray, pilot: Pilot, folder: Path, decay: float,
@@ -440,20 +510,20 @@ def advise_backbone(configfile: str, candidates: list[str], finetune: bool = Fal
     rows = []
     with tempfile.TemporaryDirectory(prefix="asvp-backbone-advice-") as tmp:
         pilot = pilot_set(config, Path(tmp), reference_images)
+        with _naming(parsed[0]):
+            warm_up(config, parsed[0], pilot, Path(tmp))
         print(f"pilot: {len(pilot.rows)} images of {len(np.unique(pilot.labels))} classes from {pilot.origin}; "
               f"PED reference and timing: {len(pilot.reference_rows)} unlabelled pool images", flush=True)
-        for number, candidate in enumerate(parsed):
+        folders = [Path(tmp) / f"candidate{number}" for number in range(len(parsed))]
+        for candidate, folder in zip(parsed, folders):
             print(f"measuring {candidate.text} ...", flush=True)
-            folder = Path(tmp) / f"candidate{number}"
             folder.mkdir()
-            try:
+            with _naming(candidate):
                 rows.append(measure(config, candidate, pilot, folder, finetune))
-            except AsvpError as error:
-                raise type(error)(f"candidate {candidate.text!r}: {error}") from None
-            except (RuntimeError, ValueError) as error:  # a model that cannot run these images
-                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                raise DataError(f"candidate {candidate.text!r}: feature extraction failed ({first}); drop it from "
-                                "--candidates or give it another @PX") from None
+        print("measuring peak memory ...", flush=True)
+        for candidate, folder, row in zip(parsed, folders, rows):
+            with _naming(candidate):
+                row.update(extraction_memory(config, candidate, pilot, folder))
     table = ranked(rows)
     text = advice(table, pilot, gap_threshold)
     write_csv(out_dir / "backbone_advice.csv", table)
