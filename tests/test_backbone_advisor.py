@@ -60,7 +60,7 @@ def test_packaged_weights_rank_above_random_init_on_a_real_pilot(tmp_path: Path,
                                                                 default_weights: Path, torch_single_thread: None) -> None:
     out = tmp_path / "advice"
     text = advise_backbone(str(tiny_config(tmp_path)), ["mobilenet_v2@32:default", "mobilenet_v2@32:none",
-                                                        "resnet18@32:none"], out=str(out))
+                                                        "resnet18@32:none"], out=str(out), reference_images=60)
     table = pd.read_csv(out / "backbone_advice.csv")
     assert sorted(table["candidate"]) == ["mobilenet_v2@32:default", "mobilenet_v2@32:none", "resnet18@32:none"]
     metrics = ["cv_probe_accuracy", "logme_fixed_point", "logme_icml", "ped_steps", "extract_seconds_per_1000",
@@ -105,7 +105,7 @@ def test_cli_advises_with_the_finetune_gap_end_to_end(tmp_path: Path, real_fashi
     config = tiny_config(tmp_path, finetune={"epochs": 2, "batch_size": 40, "min_steps": 0, "milestones": []})
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     result = subprocess.run([sys.executable, "-m", "asvp", "--threads", "1", "advise-backbone", "--configfile",
-                             str(config), "--candidates", "mobilenet_v2@32", "mobilenet_v2@32:none", "--finetune"],
+                             str(config), "--candidates", "mobilenet_v2@32", "mobilenet_v2@32:none", "--finetune", "--reference-images", "60"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "Use mobilenet_v2@32" in result.stdout and "Proxy:" in result.stdout

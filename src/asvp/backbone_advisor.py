@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import re
-import resource
 import tempfile
 import time
 from collections.abc import Iterator
@@ -202,69 +201,6 @@ def cv_probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int) -> tu
     return correct / len(labels), decay, k
 
 
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-
-
-def _release_freed_memory() -> None:
-    """Hand memory that earlier candidates freed back to the system, and keep it so: glibc keeps
-    freed memory for reuse, and raises its mmap threshold after large frees, so that a candidate
-    measured after a larger one read 40-60 MB off (low where it reused memory, high where its
-    tensors fragmented the heap). A fixed 128 KiB threshold maps every tensor of that size or more
-    on its own and unmaps it when freed, so the resident set follows the live tensors."""
-    import ctypes
-    import ctypes.util
-    import gc
-
-    gc.collect()
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the peak may read off by tens of MB
-        pass
-
-
-def _proc_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-@contextlib.contextmanager
-def peak_memory(device: Any) -> Iterator[dict[str, Any]]:
-    """The block's peak memory above its start, in bytes: CUDA's max allocated on a GPU; on a CPU
-    the resident-set high-water mark, reset first (Linux clear_refs) so that an earlier, larger
-    candidate does not hide this one's peak. Where it cannot be reset, the process's lifetime peak
-    is used and the delta is a lower bound (`kind` says which)."""
-    import torch
-
-    found: dict[str, Any] = {}
-    _release_freed_memory()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        yield found
-        found.update(bytes=torch.cuda.max_memory_allocated(device) - base, kind="cuda max allocated")
-        return
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        reset = True
-    except OSError:
-        reset = False
-    base = _proc_kib("VmRSS")
-    if base is None:
-        base, reset = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, False
-    yield found
-    peak = _proc_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    found.update(bytes=max(0, (peak or base) - base) * 1024,
-                 kind="RSS high-water mark" if reset else "RSS high-water mark (lower bound: not resettable)")
-
-
 def _extract(config: dict[str, Any], backbone: Any, pilot: Pilot, pool_rows: np.ndarray, test_rows: np.ndarray,
              out: Path, device: Any) -> tuple[np.ndarray, np.ndarray]:
     """Features (float32) of these pool and test rows, through the workflow's own extraction."""
@@ -350,13 +286,14 @@ def extraction_memory(config: dict[str, Any], candidate: Candidate, pilot: Pilot
     """Peak memory of building the candidate and extracting what `measure` extracted, and that
     extrapolated to the whole pool (the in-memory dataset holds every decoded image: 3 x PX^2 bytes
     each, where it applies). A pass of its own, after every candidate was timed: the way it keeps
-    the peaks apart (`_release_freed_memory`) slows extraction, up to a third at 32 px."""
+    the peaks apart (asvp.peak_memory) slows extraction, up to a third at 32 px."""
     import torch
 
     from asvp.backbones import build_backbone, preprocessing_for
     from asvp.data.sources import open_data
     from asvp.data.tensor_dataset import supports
     from asvp.device import resolve_device
+    from asvp.peak_memory import peak_memory
 
     settings = candidate_config(config, candidate)
     resolution = preprocessing_for(settings).resolution
