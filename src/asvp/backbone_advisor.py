@@ -159,8 +159,9 @@ def pilot_set(config: dict[str, Any], work: Path, reference_images: int) -> Pilo
     if len(unlabelled) > reference_images:
         unlabelled = np.sort(np.random.default_rng([seed, 0, REFERENCE_SALT]).choice(unlabelled, reference_images,
                                                                                      replace=False))
-    return Pilot(files["pool.csv"], files["test.csv"], files["labelled.csv"], labelled["pool_index"].to_numpy(np.int64),
-                 labelled["label"].to_numpy(np.int64), unlabelled, len(pool), len(read_split_table(files["test.csv"])),
+    # Copies: pandas hands out read-only views, which torch warns about when the probe takes them.
+    return Pilot(files["pool.csv"], files["test.csv"], files["labelled.csv"], np.array(labelled["pool_index"], np.int64),
+                 np.array(labelled["label"], np.int64), unlabelled, len(pool), len(read_split_table(files["test.csv"])),
                  classes, origin)
 
 
@@ -233,7 +234,7 @@ def warm_up(config: dict[str, Any], candidate: Candidate, pilot: Pilot, folder: 
              resolve_device(config["device"]))
 
 
-def measure(config: dict[str, Any], candidate: Candidate, pilot: Pilot, folder: Path, finetune: bool) -> dict[str, Any]:
+def measure(config: dict[str, Any], candidate: Candidate, pilot: Pilot, folder: Path) -> dict[str, Any]:
     """Every metric of one candidate on the pilot (see the module docstring); scratch files go to `folder`."""
     import torch
 
@@ -277,8 +278,6 @@ def measure(config: dict[str, Any], candidate: Candidate, pilot: Pilot, folder: 
         "pool_extract_seconds": per_image * pilot.pool_size,
         "pool_features_mb": pilot.pool_size * int(backbone.feature_dim) * np.dtype(config["features"]["dtype"]).itemsize / 2**20,
     }
-    if finetune:
-        row.update(_finetune_gap(settings, backbone, x, pilot, folder, decay, device))
     return row
 
 
@@ -327,19 +326,27 @@ def _naming(candidate: Candidate) -> Iterator[None]:
                         "--candidates or give it another @PX") from None
 
 
-def _finetune_gap(settings: dict[str, Any], backbone: Any, x: np.ndarray, pilot: Pilot, folder: Path, decay: float,
-                  device: Any) -> dict[str, Any]:
-    """FT (the config's finetune recipe, asvp.finetune) vs the linear probe, both trained on the
-    pilot and scored on the test split (test.csv of define_pool)."""
+def finetune_gap(config: dict[str, Any], candidate: Candidate, pilot: Pilot, folder: Path,
+                 decay: float) -> dict[str, Any]:
+    """FT (the config's finetune recipe, asvp.finetune) vs the linear probe at the L2 `measure`
+    chose, both trained on the pilot and scored on the test split (test.csv of define_pool).
+    Run after the memory pass: what a fine-tune leaves in the process raised the peaks measured
+    after it by 120-250 MB."""
     import torch
 
+    from asvp.backbones import build_backbone, preprocessing_for
+    from asvp.device import resolve_device
+    from asvp.features import load_rows
     from asvp.finetune import finetune_and_evaluate
     from asvp.pool import read_split_table
     from asvp.probe import fit_logistic_head
 
-    if pilot.test_size == 0:
-        raise ConfigError("--finetune scores the fine-tune and the probe on the test split, and this data source has "
-                          "no labelled test images: give it one (data.test_root for your own images) or drop --finetune")
+    settings = candidate_config(config, candidate)
+    device = resolve_device(config["device"])
+    torch.manual_seed(config["seeds"][0])
+    backbone = build_backbone(candidate.arch, candidate.checkpoint, prefix=config["backbone"]["prefix"],
+                              image_size=preprocessing_for(settings).resolution)
+    x = load_rows(folder / "pilot.h5", "pool", np.arange(len(pilot.rows)))[0]
     _, test = _extract(settings, backbone, pilot, np.zeros(0, np.int64), np.arange(pilot.test_size), folder / "test.h5",
                        device)
     truth = read_split_table(pilot.test_csv)["label"].to_numpy()
@@ -447,6 +454,10 @@ def advise_backbone(configfile: str, candidates: list[str], finetune: bool = Fal
     rows = []
     with tempfile.TemporaryDirectory(prefix="asvp-backbone-advice-") as tmp:
         pilot = pilot_set(config, Path(tmp), reference_images)
+        if finetune and pilot.test_size == 0:
+            raise ConfigError("--finetune scores the fine-tune and the probe on the test split, and this data source "
+                              "has no labelled test images: give it one (data.test_root for your own images) or drop "
+                              "--finetune")
         with _naming(parsed[0]):
             warm_up(config, parsed[0], pilot, Path(tmp))
         print(f"pilot: {len(pilot.rows)} images of {len(np.unique(pilot.labels))} classes from {pilot.origin}; "
@@ -456,11 +467,15 @@ def advise_backbone(configfile: str, candidates: list[str], finetune: bool = Fal
             print(f"measuring {candidate.text} ...", flush=True)
             folder.mkdir()
             with _naming(candidate):
-                rows.append(measure(config, candidate, pilot, folder, finetune))
+                rows.append(measure(config, candidate, pilot, folder))
         print("measuring peak memory ...", flush=True)
         for candidate, folder, row in zip(parsed, folders, rows):
             with _naming(candidate):
                 row.update(extraction_memory(config, candidate, pilot, folder))
+        for candidate, folder, row in zip(parsed, folders, rows) if finetune else ():
+            print(f"fine-tuning {candidate.text} on the pilot ...", flush=True)
+            with _naming(candidate):
+                row.update(finetune_gap(config, candidate, pilot, folder, row["probe_l2"]))
     table = ranked(rows)
     text = advice(table, pilot, gap_threshold)
     write_csv(out_dir / "backbone_advice.csv", table)
