@@ -354,6 +354,7 @@ def finetune_gap(config: dict[str, Any], candidate: Candidate, pilot: Pilot, fol
     with torch.no_grad():
         probe = float((head(torch.as_tensor(test)).argmax(1).numpy() == truth).mean())
     started = time.perf_counter()
+    torch.manual_seed(config["seeds"][0])  # random init (:none): the network the probe measured
     metrics = finetune_and_evaluate(settings, "ft", pilot.pool_csv, pilot.labelled_csv, pilot.test_csv,
                                     settings["seeds"][0], folder / "ft.json", cache_dir=folder / "finetunes")
     return {"lp_test_accuracy": probe, "ft_test_accuracy": metrics["accuracy"],
