@@ -4,12 +4,13 @@ pre-trained weights and from randomly initialised weights saved as a checkpoint 
 Each cell is what a new user gets: a config that sets only `data:` and `backbone:` (plus
 `--set` overrides, to try other recipes), validated against the schema, and the workflow's own
 fine-tune (`asvp.finetune.finetune_and_evaluate`) on a seeded random labelled subset of
-Fashion-MNIST at 32 px. A cell converges when its final-epoch train accuracy is above 0.9 and
+Fashion-MNIST at 32 px (--resolution). A cell converges when its final-epoch train accuracy is above 0.9 and
 the divergence guard says `ok`.
 
   python benchmarks/convergence.py                                   # the whole grid
   python benchmarks/convergence.py --arch resnet50 --weights random --labels 1000 --recipe ft
   python benchmarks/convergence.py --set '{"finetune": {"lr_head": 0.1}}'
+  python benchmarks/convergence.py --arch mobilenet_v2 --weights packaged --labels 400 --recipe ft --resolution 64
 
 The test subset (--test-subset, default 2000 images) only sets how the test accuracy is
 measured; training does not depend on it.
@@ -60,7 +61,7 @@ def merge(base: dict, overrides: dict) -> dict:
 def run_cell(arch: str, weights: str, n: int, recipe: str, args: argparse.Namespace, folder: Path) -> dict:
     checkpoint = "default" if weights == "packaged" else str(random_checkpoint(arch, folder))
     raw = {"experiment": "convergence", "device": "cpu",
-           "data": {"dataset": "fashion_mnist", "test_subset": args.test_subset},
+           "data": {"dataset": "fashion_mnist", "test_subset": args.test_subset, "resolution": args.resolution},
            "backbone": {"arch": arch, "checkpoint": checkpoint}}
     config = validate_config(merge(raw, json.loads(args.set)), source="convergence grid")
     cell = folder / f"{arch}_{weights}_{n}_{recipe}"
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("--set", default="{}", help="JSON overrides laid over data: and backbone:")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-subset", type=int, default=2000)
+    parser.add_argument("--resolution", type=int, default=32, help="data.resolution: the side in pixels (default 32)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--curves", action="store_true", help="print each cell's loss/accuracy per epoch")
     args = parser.parse_args()

@@ -65,6 +65,7 @@ COMMANDS: dict[str, Command] = {
     # for people, not rules
     "validate-config": Command("asvp.config:validated_json", "validate_config"),
     "advise": Command("asvp.advisor:advise", "advise"),
+    "advise-backbone": Command("asvp.backbone_advisor:advise_backbone", "advise_backbone", torch=True),
     "predict": Command("asvp.delivery:predict_images", "predict", torch=True),
     "example-images": Command("asvp.data.example:write_example_images", "example_images"),
     "example-answers": Command("asvp.data.example:answer_from_key", "example_answers"),
