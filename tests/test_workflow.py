@@ -332,7 +332,7 @@ def test_every_strategy_runs_through_a_tiny_proxy_run(tmp_path: Path, real_fashi
     override = tmp_path / "strategies.yaml"
     override.write_text("methods: [random, svpp, activeft_pre]\n"
                         "strategies: [margin, confidence, entropy, coreset, badge, activeft]\n"
-                        "schedule:\n  budgets: [20, 20]\nevaluation:\n  at: [40]\n")
+                        "schedule:\n  budgets: [20, 20]\nevaluation:\n  at: [40]\n  random_beyond: []\n")
     result = snakemake(tmp_path, configfiles=(TINY, override))
     assert result.returncode == 0, result.stderr[-6000:]
     selections = {}
