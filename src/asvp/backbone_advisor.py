@@ -41,6 +41,7 @@ import pandas as pd
 
 from asvp.atomic import write_csv, write_json
 from asvp.errors import AsvpError, ConfigError, DataError
+from asvp.ped import reference_sample
 
 CANDIDATE_GRAMMAR = (
     "ARCH[@PX][:CHECKPOINT]: ARCH a torchvision classification model or timm/<name>; PX the side in pixels "
@@ -59,7 +60,6 @@ GAP_NEEDS_REFRESH = 0.05
 # shrink the signal): useless to the proxy as they are, although standardised they would probe
 # about as well as ImageNet's. Below this RMS the advice says so.
 VANISHING_RMS = 1e-6
-REFERENCE_SALT = 7  # the PED reference draw of asvp.steps.decide (rng [seed, round, 7])
 
 
 @dataclass(frozen=True)
@@ -155,10 +155,7 @@ def pilot_set(config: dict[str, Any], work: Path, reference_images: int) -> Pilo
     labelled = read_labelled(files["labelled.csv"], len(pool))
     classes = read_json(files["dataset.json"])["classes"]
     _check_pilot(labelled["label"].to_numpy(np.int64), classes, "data.initial_labels" if given else "schedule.budgets[0]")
-    unlabelled = unlabelled_indices(len(pool), labelled)
-    if len(unlabelled) > reference_images:
-        unlabelled = np.sort(np.random.default_rng([seed, 0, REFERENCE_SALT]).choice(unlabelled, reference_images,
-                                                                                     replace=False))
+    unlabelled = reference_sample(unlabelled_indices(len(pool), labelled), reference_images, seed, 0)
     # Copies: pandas hands out read-only views, which torch warns about when the probe takes them.
     return Pilot(files["pool.csv"], files["test.csv"], files["labelled.csv"], np.array(labelled["pool_index"], np.int64),
                  np.array(labelled["label"], np.int64), unlabelled, len(pool), len(read_split_table(files["test.csv"])),

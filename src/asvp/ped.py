@@ -306,3 +306,12 @@ def _check_parameters(
         problems.append(f"eps must be > 0, got {eps}")
     if problems:
         raise ValueError("invalid PED parameters: " + "; ".join(problems))
+
+
+def reference_sample(unlabelled: np.ndarray, cap: int, seed: int, round_index: int) -> np.ndarray:
+    """The unlabelled pool rows whose features give PED its reference statistics: all of them, or
+    a seeded sample of `cap` (sorted, so reads go in file order), the same for the same seed and
+    round wherever it is drawn (the refresh decision, the backbone advisor's pilot)."""
+    if len(unlabelled) <= cap:
+        return unlabelled
+    return np.sort(np.random.default_rng([seed, round_index, 7]).choice(unlabelled, cap, replace=False))

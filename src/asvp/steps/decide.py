@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from asvp import features as feature_store
 from asvp.atomic import read_json, write_json
@@ -23,7 +22,7 @@ def decide(config: dict[str, Any], method: str, features: str, labelled: str, se
     """Decide for round `round` of an ASVP `method` on the features in use, after its labels;
     write decision.json (the verdict with every number that led to it)."""
     from asvp.decision import decide_round
-    from asvp.ped import REFERENCE_ROWS
+    from asvp.ped import REFERENCE_ROWS, reference_sample
 
     settings = decision_settings(method, config["decision"])
     with feature_store.open_features(features) as handle:
@@ -32,10 +31,7 @@ def decide(config: dict[str, Any], method: str, features: str, labelled: str, se
         rows = table["pool_index"].to_numpy()
         feature_store.check_sample_ids(handle, rows, table["sample_id"].tolist(), labelled)
     x, _ = feature_store.load_rows(features, "pool", rows)
-    unlabelled = unlabelled_indices(pool_size, table)
-    cap = REFERENCE_ROWS
-    if len(unlabelled) > cap:
-        unlabelled = np.sort(np.random.default_rng([seed, round, 7]).choice(unlabelled, cap, replace=False))
+    unlabelled = reference_sample(unlabelled_indices(pool_size, table), REFERENCE_ROWS, seed, round)
     reference, _ = feature_store.load_rows(features, "pool", unlabelled if len(unlabelled) else rows)
     record = decide_round(x, table["label"].to_numpy(), reference, read_json(previous) if previous else None, settings)
     record.update(round=round, features=str(features))
