@@ -40,12 +40,12 @@ PACKAGED = {"mobilenet_v2"}  # the archs with packaged pre-trained weights (back
 
 
 def random_checkpoint(arch: str, folder: Path) -> Path:
-    """A torchvision model's randomly initialised state_dict, saved as a checkpoint file."""
-    import torchvision
+    """A randomly initialised backbone's state_dict (any torchvision or timm name), saved as a checkpoint file."""
+    from asvp.backbones import build_backbone
 
     torch.manual_seed(0)
-    path = folder / f"{arch}_random_init.pth"
-    torch.save(getattr(torchvision.models, arch)().state_dict(), path)
+    path = folder / f"{arch.replace('/', '_')}_random_init.pth"
+    torch.save(build_backbone(arch, None).state_dict(), path)
     return path
 
 
@@ -64,7 +64,7 @@ def run_cell(arch: str, weights: str, n: int, recipe: str, args: argparse.Namesp
            "data": {"dataset": "fashion_mnist", "test_subset": args.test_subset, "resolution": args.resolution},
            "backbone": {"arch": arch, "checkpoint": checkpoint}}
     config = validate_config(merge(raw, json.loads(args.set)), source="convergence grid")
-    cell = folder / f"{arch}_{weights}_{n}_{recipe}"
+    cell = folder / f"{arch.replace('/', '_')}_{weights}_{n}_{recipe}"
     cell.mkdir()
     define_pool(config, cell / "pool.csv", cell / "test.csv", cell / "info.json")
     pool = read_split_table(cell / "pool.csv")
@@ -83,7 +83,7 @@ def run_cell(arch: str, weights: str, n: int, recipe: str, args: argparse.Namesp
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", nargs="+", default=list(ARCHS), choices=ARCHS)
+    parser.add_argument("--arch", nargs="+", default=list(ARCHS), help="any backbone.arch (default: the three CNNs)")
     parser.add_argument("--weights", nargs="+", default=["packaged", "random"], choices=["packaged", "random"])
     parser.add_argument("--labels", nargs="+", type=int, default=[100, 1000])
     parser.add_argument("--recipe", nargs="+", default=["ft", "lpft"], choices=["ft", "lpft"])

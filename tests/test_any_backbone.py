@@ -281,8 +281,9 @@ def test_tiny_run_extracts_fine_tunes_and_delivers(family: str, vit_file: Path, 
         assert handle["pool/features"].shape == (120, width)
         assert handle.attrs["resolution"] == 32 and handle.attrs["interpolation"] == own.interpolation
         assert json.loads(handle.attrs["mean"]) == list(own.mean) and handle.attrs["checkpoint_prefix"] != ""
-    recipes = {json.loads(p.read_text())["train_method"] for p in run.glob("finetunes/*.json")}
-    assert recipes == {"ft", "lpft"}
+    finetunes = [json.loads(p.read_text()) for p in run.glob("finetunes/*.json")]
+    assert {f["train_method"] for f in finetunes} == {"ft", "lpft"}
+    assert {f["optimizer"] for f in finetunes} == {"adamw" if family == "vit" else "sgd"}  # finetune.optimizer: auto
     final = next(run.glob("**/final/model.pt"))
     payload = torch.load(final, map_location="cpu", weights_only=True)
     assert payload["arch"] == arch

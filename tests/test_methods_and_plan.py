@@ -49,17 +49,25 @@ def test_a_new_key_at_its_neutral_value_leaves_every_jobs_params_unchanged(monke
     before = _excerpt(config, "data", "finetune")
     grown = json.loads(json.dumps(config))
     grown["finetune"]["a_new_knob"] = 3
-    monkeypatch.setitem(plan.NEUTRAL_VALUES, "finetune", {"a_new_knob": 3})
+    monkeypatch.setitem(plan.NEUTRAL_VALUES, "finetune", {**plan.NEUTRAL_VALUES["finetune"], "a_new_knob": 3})
     assert _excerpt(grown, "data", "finetune") == before
     grown["finetune"]["a_new_knob"] = 4  # set away from it, the key is a change like any other
     assert _excerpt(grown, "data", "finetune")["finetune"]["a_new_knob"] == 4
 
 
+def test_a_step_reads_back_the_keys_its_params_left_out_at_their_neutral_value() -> None:
+    config = validate_config({"experiment": "t", "finetune": {"lr_head": 0.01}})
+    params = shlex.split(plan.params_json(config, "data", "finetune"))[0]
+    assert "optimizer" not in json.loads(params)["finetune"]
+    restored = plan.config_from_params(params)
+    assert restored["finetune"] == config["finetune"] and restored["data"] == config["data"]
+
+
 def test_every_registered_neutral_value_is_the_schemas_default() -> None:
-    schema = load_schema()["properties"]
+    filled = validate_config({"experiment": "t"})  # nested defaults filled in, as a run sees them
     for section, keys in plan.NEUTRAL_VALUES.items():
         for key, value in keys.items():
-            assert schema[section]["properties"][key]["default"] == value
+            assert filled[section][key] == value, f"{section}.{key}"
 
 
 def test_planning_keys_and_other_strategies_options_stay_out_of_a_jobs_params() -> None:

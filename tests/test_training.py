@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,8 @@ from torch.utils.data import Dataset
 
 from asvp.config import validate_config
 from asvp.errors import DataError
-from asvp.training import Classifier, Stage, TrainRecipe, predict, recipe_fingerprint, recipe_from_config, train
+from asvp.training import (Classifier, Stage, TrainRecipe, _optimizer, lr_factor, optimizer_of, plan_stage, predict,
+                           recipe_fingerprint, recipe_from_config, recipe_identity, train)
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -76,9 +79,11 @@ def _model(seed: int = 0) -> Classifier:
     return Classifier(TinyBackbone(), NUM_CLASSES)
 
 
-def _recipe(kind: str = "ft", batch_size: int = 4) -> TrainRecipe:
+def _recipe(kind: str = "ft", batch_size: int = 4, optimizer: str = "sgd") -> TrainRecipe:
     lp = Stage("lp", 2, None, 0.5, 0.0, "cosine")
     ft = Stage("ft", 3, 0.05, 0.1, 1e-4, "step", (2,))
+    if optimizer == "adamw":
+        ft = Stage("ft", 3, 1e-3, 1e-2, 0.05, "warmup_cosine", optimizer="adamw")
     return TrainRecipe(kind, (lp, ft) if kind == "lpft" else (ft,), batch_size)
 
 
@@ -126,6 +131,44 @@ def test_lpft_recipe_from_config_is_the_ft_schedule_with_a_probe_first() -> None
     # LP + FT epochs = finetune.epochs; milestone 9 of the whole schedule is epoch 5 of the FT stage;
     # the floor of 40 steps over 10 epochs gives the 6 FT epochs 24 steps.
     assert ft == Stage("ft", 6, 0.001, 0.2, 0.0, "step", (5,), 24, 3)
+
+
+@pytest.mark.parametrize(("arch", "expected"), [("mobilenet_v2", "sgd"), ("convnext_tiny", "sgd"), ("vit_b_16", "adamw"),
+                                              ("timm/vit_tiny_patch16_224", "adamw")])
+def test_auto_picks_adamw_for_attention_backbones_and_sgd_for_cnns(arch: str, expected: str) -> None:
+    config = validate_config({"experiment": "unit", "backbone": {"arch": arch, "checkpoint": None}})
+    assert optimizer_of(config) == expected
+    lp, ft = recipe_from_config("lpft", config).stages
+    assert ft.optimizer == expected and lp.optimizer == "sgd"  # the probe is L-BFGS either way
+
+
+def test_adamw_recipe_takes_its_own_rates_and_decays_to_zero_over_the_steps() -> None:
+    config = validate_config({"experiment": "unit", "finetune": {
+        "optimizer": "adamw", "epochs": 10, "min_steps": 50, "adamw": {"lr_backbone": 2e-4, "lr_head": 3e-3}}})
+    (stage,) = recipe_from_config("ft", config).stages
+    assert stage == Stage("ft", 10, 2e-4, 3e-3, 0.05, "warmup_cosine", (), 50, optimizer="adamw")
+    plan = plan_stage(stage, 100, 128)  # 50 steps (the floor), the first 5 warm up
+    factors = [lr_factor(stage, plan, step) for step in range(plan.steps)]
+    assert factors[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert factors[5] == 1.0 and all(a > b for a, b in zip(factors[5:], factors[6:])) and factors[-1] < 0.01
+
+
+def test_sgd_recipes_keep_the_cache_identity_they_had_before_the_optimizer_choice() -> None:
+    """Fine-tunes cached by existing experiments stay valid: the new field is left out at sgd."""
+    config = validate_config({"experiment": "unit"})
+    digests = {kind: hashlib.sha256(json.dumps(recipe_identity(recipe_from_config(kind, config)), sort_keys=True,
+                                               default=str).encode()).hexdigest()[:16] for kind in ("ft", "lpft")}
+    assert digests == {"ft": "4cfc83fcf330d0cd", "lpft": "98a2e14fd4e46041"}
+    adamw = validate_config({"experiment": "unit", "finetune": {"optimizer": "adamw"}})
+    assert recipe_identity(recipe_from_config("ft", adamw))["stages"][0]["optimizer"] == "adamw"
+
+
+def test_adamw_leaves_biases_and_norms_undecayed(tmp_path: Path) -> None:
+    model = _model()
+    optimizer = _optimizer(model, _recipe("ft", optimizer="adamw").stages[0], _recipe("ft", optimizer="adamw"))
+    assert isinstance(optimizer, torch.optim.AdamW)
+    for group in optimizer.param_groups:
+        assert all(p.ndim > 1 for p in group["params"]) == (group["weight_decay"] > 0)
 
 
 def test_unknown_recipe_kind_raises() -> None:
@@ -216,6 +259,19 @@ def test_resumed_training_equals_an_uninterrupted_run_bit_for_bit(tmp_path: Path
     # The finished epochs are not recomputed; the last n reads are the BatchNorm recalibration.
     assert data.fetches == sum(reads[-epochs_left:]) + n
     assert history == reference_history
+    _assert_same(_state(restarted), _state(reference))
+
+
+def test_a_resumed_adamw_fine_tune_equals_an_uninterrupted_run_bit_for_bit(tmp_path: Path) -> None:
+    n, recipe = 10, _recipe("lpft", optimizer="adamw")
+    reference = _model()
+    reference_history = _train(reference, TinyImages(n), recipe, tmp_path / "reference.pt")
+    reads = [4 * h["steps"] for h in reference_history]
+    killed = TinyImages(n, fail_at_fetch=n + sum(reads[:3]) + 6)  # mid FT epoch 2: Adam's moments in the checkpoint
+    with pytest.raises(Interrupted):
+        _train(_model(), killed, recipe, tmp_path / "ckpt.pt")
+    restarted = _model()
+    assert _train(restarted, TinyImages(n), recipe, tmp_path / "ckpt.pt") == reference_history
     _assert_same(_state(restarted), _state(reference))
 
 

@@ -16,6 +16,7 @@ The weights come from a checkpoint file, found, verified and fitted to the model
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import os
 from collections.abc import Mapping
@@ -198,9 +199,22 @@ def _build_model(arch: str) -> nn.Module:
         model.feature_dim = _drop_classifier(model, arch)
     model.arch = arch
     # channels_last speeds up convolutions; attention blocks gain nothing from it.
-    model.channels_last = not any(isinstance(m, nn.MultiheadAttention) or "attention" in type(m).__name__.lower()
-                                  for m in model.modules())
+    model.channels_last = not _has_attention(model)
     return model
+
+
+def _has_attention(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.MultiheadAttention) or "attention" in type(m).__name__.lower() for m in model.modules())
+
+
+@functools.lru_cache(maxsize=None)
+def uses_attention(arch: str) -> bool:
+    """Whether `arch` is built of attention blocks (a ViT, Swin, DINOv2 ...) rather than convolutions.
+
+    Built on the meta device: no weights are allocated, so even a ViT-g answers in well under a second.
+    """
+    with torch.device("meta"):
+        return _has_attention(_build_model(arch))
 
 
 def memory_format(model: nn.Module) -> torch.memory_format:

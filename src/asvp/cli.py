@@ -15,7 +15,6 @@ import dataclasses
 import errno
 import importlib
 import inspect
-import json
 import os
 import sys
 import time
@@ -94,10 +93,16 @@ def _option(parser: argparse.ArgumentParser, name: str, kind: Any, default: Any)
     elif typing.get_origin(base) is list:
         parser.add_argument(flag, dest=name, nargs="+", required=default is inspect.Parameter.empty)
     else:
-        convert = {int: int, float: float}.get(base, json.loads if name == "config" else str)
+        convert = {int: int, float: float}.get(base, _config_json if name == "config" else str)
         required = default is inspect.Parameter.empty and not optional
         parser.add_argument(flag, dest=name, type=convert, required=required,
                             default=None if default is inspect.Parameter.empty else default)
+
+
+def _config_json(text: str) -> dict[str, Any]:
+    from asvp.plan import config_from_params
+
+    return config_from_params(text)
 
 
 def _call(function: Callable[..., Any], args: argparse.Namespace) -> Any:

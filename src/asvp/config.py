@@ -175,7 +175,7 @@ def _check_consistency(config: dict[str, Any], source: str) -> None:
     # The step schedule is stepped after each epoch, so milestone m lowers the lr from epoch
     # m + 1 on: a milestone equal to the epoch count is as dead as one beyond it.
     late = [m for m in finetune["milestones"] if m >= epochs]
-    if late:
+    if late and finetune["optimizer"] != "adamw":  # AdamW's cosine has no milestones
         raise ConfigError(
             f"{source}: finetune.milestones {late} lie at or beyond its {epochs} epochs and would "
             "never take effect (milestone m lowers the lr from epoch m + 1). Remove them or raise the epochs."
@@ -189,7 +189,7 @@ def _check_consistency(config: dict[str, Any], source: str) -> None:
             "runs finetune.epochs - lpft.lp_epochs epochs. Lower lpft.lp_epochs or raise finetune.epochs."
         )
     early = [m for m in finetune["milestones"] if m < lp_epochs]
-    if early:
+    if early and finetune["optimizer"] != "adamw":
         raise ConfigError(
             f"{source}: finetune.milestones {early} fall inside LP-FT's {lp_epochs} probe epochs "
             f"(lpft.lp_epochs), where no lr steps. Move them to epoch {lp_epochs} or later, or lower lpft.lp_epochs."

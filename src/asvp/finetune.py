@@ -24,7 +24,6 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +36,18 @@ from asvp.pool import read_labelled, read_split_table
 from asvp.backbones import pretrained_backbone
 from asvp.data import dataset_for
 from asvp.device import resolve_device
-from asvp.training import PREDICT_BATCH_SIZE, Classifier, predict, recipe_fingerprint, recipe_from_config, train
+from asvp.training import (PREDICT_BATCH_SIZE, Classifier, optimizer_of, predict, recipe_fingerprint, recipe_from_config,
+                           recipe_identity, train)
 
 CACHE_VERSION = 4  # bump when training or evaluation code changes what a cached result means
 LOSS_TOLERANCE = 1e-4  # relative: float noise on a converged L-BFGS objective is no divergence
 CHANCE_MARGIN = 0.02  # test accuracy within this of chance (1 / classes) counts as diverged
-LR_KNOBS = {"ft": "finetune.lr_backbone / finetune.lr_head", "lpft": "finetune.lr_backbone / finetune.lr_head (or lpft.lp_weight_decay)"}
+
+def lr_knobs(recipe_kind: str, optimizer: str) -> str:
+    """The config keys that set a diverged fine-tune's learning rates."""
+    prefix = "finetune.adamw" if optimizer == "adamw" else "finetune"
+    knobs = f"{prefix}.lr_backbone / {prefix}.lr_head"
+    return knobs + " (or lpft.lp_weight_decay)" if recipe_kind == "lpft" else knobs
 
 
 class _Relabelled(torch.utils.data.Dataset):
@@ -70,7 +75,7 @@ def finetune_key(config: dict[str, Any], recipe_kind: str, labelled: Any, seed: 
     recipe = recipe_from_config(recipe_kind, config)
     identity = {
         "version": CACHE_VERSION,
-        "recipe": asdict(recipe),
+        "recipe": recipe_identity(recipe),
         "labelled": hashlib.sha256(labelled[["pool_index", "label"]].to_numpy().tobytes()).hexdigest(),
         "seed": seed,
         "backbone": config["backbone"],
@@ -211,6 +216,7 @@ def finetune_and_evaluate(
                 "n_labelled": len(labelled),
                 "num_classes": num_classes,
                 "train_method": recipe_kind,
+                "optimizer": optimizer_of(config),  # of the fine-tuning stage (finetune.optimizer, auto resolved)
                 "device": resolve_device(config["device"]).type,  # cuda:1 and cuda:0 give the same model
                 "status": "diverged" if reasons else "ok",
                 "divergence": reasons,
@@ -246,7 +252,7 @@ def _guard(metrics: dict[str, Any], config: dict[str, Any], recipe_kind: str, ro
         return
     where = f"round {round_index}" if round_index is not None else "this fine-tune"
     message = (f"fine-tune of {where} ({recipe_kind}, {metrics['n_labelled']} labels) diverged: "
-               f"{'; '.join(metrics['divergence'])}. Lower {LR_KNOBS[recipe_kind]}.")
+               f"{'; '.join(metrics['divergence'])}. Lower {lr_knobs(recipe_kind, metrics.get('optimizer', 'sgd'))}.")
     if config["evaluation"]["on_divergence"] == "fail":
         raise DataError(message + " (evaluation.on_divergence: fail; set it to warn to record and go on)")
     print(f"WARNING: {message}")

@@ -7,6 +7,7 @@ which answer files exist), so the DAG can be tested without Snakemake.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shlex
@@ -31,6 +32,7 @@ NEUTRAL_VALUES: dict[str, dict[str, Any]] = {
              "initial_labels": None, "interpolation": None, "mean": None, "std": None},
     "schedule": {"cold_start": "random"},
     "decision": {"refresh_at": None},
+    "finetune": {"optimizer": "auto", "adamw": {"lr_backbone": 0.0001, "lr_head": 0.001, "weight_decay": 0.05}},
 }
 
 # How far past the methods' last evaluation point random must be evaluated for that point's
@@ -54,6 +56,16 @@ def params_excerpt(config: dict[str, Any], *sections: str) -> dict[str, Any]:
         s: {k: v for k, v in config[s].items() if kept(s, k, v)} if isinstance(config[s], dict) else config[s]
         for s in sections
     }
+
+
+def config_from_params(text: str) -> dict[str, Any]:
+    """A job's config from its params JSON, with the keys `params_excerpt` left out at their
+    neutral value put back, so a step reads every key of the sections it was given."""
+    config = json.loads(text)
+    for section, neutral in NEUTRAL_VALUES.items():
+        if isinstance(config.get(section), dict):
+            config[section] = {**copy.deepcopy(neutral), **config[section]}
+    return config
 
 
 def params_json(config: dict[str, Any], *sections: str, strategy: str | None = None) -> str:

@@ -5,6 +5,9 @@ epoch function, SGD with momentum. A recipe is a list of stages:
   FT    = [ft]        backbone lr + head lr, step decay x0.1 at the milestones (official code)
   LP-FT = [lp, ft]    lp: backbone frozen in eval mode, head trained with per-step cosine (7/16),
                       then ft carries the head over (Kumar et al. 2022; paper appendix A)
+The ft stage of a backbone built of attention blocks (ViT, Swin, DINOv2) runs AdamW with a linear
+warm-up and a cosine decay to zero instead (finetune.optimizer: auto), the recipe such backbones
+are pre-trained and fine-tuned with (DeiT, DINOv2).
 Every epoch ends with an atomic checkpoint, so a killed fine-tune resumes at the next epoch with
 the same data order and augmentation draws (each epoch reseeds from (seed, stage, epoch)).
 With world_size > 1 the same loop runs data-parallel in that many processes (asvp.distributed:
@@ -43,6 +46,9 @@ SGD_NESTEROV = True  # the official code's SGD, where it cannot be switched off
 # 100 labels went from 0.12-0.22 to 0.63 test accuracy).
 RECALIBRATE_BN = True
 PREDICT_BATCH_SIZE = 512  # images per forward pass for test accuracy and full-model pool scoring (paper appendix A)
+# AdamW's warm-up: this share of the stage's steps, so it means the same at 40 and at 4,000 steps
+# (DeiT warms up 5 of 300 epochs, DINOv2's fine-tunes about a tenth).
+ADAMW_WARMUP_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,9 @@ class Stage:
     # L-BFGS probe only: when given, cross-validation on the labelled set picks the L2 strength
     # from these values (asvp.probe.choose_probe_decay) and weight_decay is not used.
     weight_decay_grid: tuple[float, ...] = ()
+    # "sgd" (momentum, Nesterov; any schedule) or "adamw" (schedule "warmup_cosine"; decoupled
+    # weight decay, none on biases and norms)
+    optimizer: str = "sgd"
 
 
 @dataclass(frozen=True)
@@ -95,21 +104,42 @@ def plan_stage(stage: Stage, n: int, batch_size: int) -> StagePlan:
     return StagePlan(batch, steps, starts)
 
 
+def optimizer_of(config: dict[str, Any]) -> str:
+    """finetune.optimizer, `auto` resolved: AdamW for a backbone of attention blocks, else SGD."""
+    chosen = config["finetune"]["optimizer"]
+    if chosen != "auto":
+        return chosen
+    from asvp.backbones import uses_attention
+
+    return "adamw" if uses_attention(config["backbone"]["arch"]) else "sgd"
+
+
+def _ft_stage(config: dict[str, Any], epochs: int, skipped_epochs: int) -> Stage:
+    """The fine-tuning stage: `epochs` of the schedule after its first `skipped_epochs` (LP-FT's
+    probe), with their share of the step floor and the milestones that fall in them."""
+    ft = config["finetune"]
+    floor = ft["min_steps"] if epochs == ft["epochs"] else math.ceil(ft["min_steps"] / ft["epochs"] * epochs)
+    if optimizer_of(config) == "adamw":
+        adamw = ft["adamw"]
+        return Stage("ft", epochs, adamw["lr_backbone"], adamw["lr_head"], adamw["weight_decay"], "warmup_cosine",
+                     (), floor, optimizer="adamw")
+    return Stage("ft", epochs, ft["lr_backbone"], ft["lr_head"], ft["weight_decay"], "step",
+                 tuple(m - skipped_epochs for m in ft["milestones"]), floor, ft["warmup_steps"])
+
+
 def recipe_from_config(kind: str, config: dict[str, Any]) -> TrainRecipe:
     """Build the FT or LP-FT recipe from the validated workflow config.
 
     FT is one stage of `finetune.epochs`. LP-FT is the same schedule whose first `lpft.lp_epochs`
     epochs train the head alone (the linear probe), so LP + FT epochs = finetune.epochs as the
-    paper keeps them (appendix A). Its FT stage is FT's: the same batch, learning rates, weight
-    decay and warm-up, the milestones at the same epochs of the whole schedule, and its share of
-    the `min_steps` floor (the floor stretches every schedule epoch alike).
+    paper keeps them (appendix A). Its FT stage is FT's: the same optimizer, batch, learning
+    rates, weight decay and warm-up, the milestones at the same epochs of the whole schedule, and
+    its share of the `min_steps` floor (the floor stretches every schedule epoch alike).
     """
     ft = config["finetune"]
-    epochs, floor_per_epoch = ft["epochs"], ft["min_steps"] / ft["epochs"]
+    epochs = ft["epochs"]
     if kind == "ft":
-        stage = Stage("ft", epochs, ft["lr_backbone"], ft["lr_head"], ft["weight_decay"], "step",
-                      tuple(ft["milestones"]), ft["min_steps"], ft["warmup_steps"])
-        return TrainRecipe("ft", (stage,), ft["batch_size"])
+        return TrainRecipe("ft", (_ft_stage(config, epochs, 0),), ft["batch_size"])
     if kind == "lpft":
         lp = config["lpft"]
         lp_epochs = lp["lp_epochs"]
@@ -121,15 +151,26 @@ def recipe_from_config(kind: str, config: dict[str, Any]) -> TrainRecipe:
         if by_cv and lp["lp_solver"] != "lbfgs":
             raise ConfigError("lpft.lp_weight_decay: cv cross-validates the L-BFGS probe; with lpft.lp_solver: sgd "
                               "give lpft.lp_weight_decay a number (e.g. 0.0001)")
-        stages = (
-            Stage("lp", lp_epochs, None, lp["lp_lr"], 0.0 if by_cv else lp["lp_weight_decay"],
-                  "lbfgs" if lp["lp_solver"] == "lbfgs" else "cosine", (), math.ceil(floor_per_epoch * lp_epochs),
-                  weight_decay_grid=PROBE_DECAY_GRID if by_cv else ()),
-            Stage("ft", ft_epochs, ft["lr_backbone"], ft["lr_head"], ft["weight_decay"], "step",
-                  tuple(m - lp_epochs for m in ft["milestones"]), math.ceil(floor_per_epoch * ft_epochs), ft["warmup_steps"]),
-        )
-        return TrainRecipe("lpft", stages, ft["batch_size"])
+        probe = Stage("lp", lp_epochs, None, lp["lp_lr"], 0.0 if by_cv else lp["lp_weight_decay"],
+                      "lbfgs" if lp["lp_solver"] == "lbfgs" else "cosine", (),
+                      math.ceil(ft["min_steps"] / epochs * lp_epochs), weight_decay_grid=PROBE_DECAY_GRID if by_cv else ())
+        return TrainRecipe("lpft", (probe, _ft_stage(config, ft_epochs, lp_epochs)), ft["batch_size"])
     raise ValueError(f"unknown training recipe '{kind}' (use 'ft' or 'lpft')")
+
+
+# Stage fields added after fine-tunes were cached, and the value that trains as before they
+# existed: left out of a recipe's identity at that value, so old cache keys stay valid.
+_NEUTRAL_STAGE_FIELDS = {"optimizer": "sgd"}
+
+
+def recipe_identity(recipe: TrainRecipe) -> dict[str, Any]:
+    """The recipe as a dict for cache keys and checkpoint fingerprints, neutral new fields left out."""
+    identity = asdict(recipe)
+    for stage in identity["stages"]:
+        for field, neutral in _NEUTRAL_STAGE_FIELDS.items():
+            if stage[field] == neutral:
+                del stage[field]
+    return identity
 
 
 class Classifier(nn.Module):
@@ -145,14 +186,26 @@ class Classifier(nn.Module):
 
 
 def _optimizer(model: Classifier, stage: Stage, recipe: TrainRecipe) -> torch.optim.Optimizer:
-    groups = [{"params": model.head.parameters(), "lr": stage.lr_head}]
+    parts = [(model.head, stage.lr_head)]
     if stage.lr_backbone is not None:
-        groups.insert(0, {"params": model.backbone.parameters(), "lr": stage.lr_backbone})
+        parts.insert(0, (model.backbone, stage.lr_backbone))
+    if stage.optimizer == "adamw":
+        # No decay on biases, norms and embeddings (one-dimensional parameters), as timm and DeiT.
+        groups = [{"params": [p for p in part.parameters() if (p.ndim > 1) == decayed], "lr": lr,
+                   "weight_decay": stage.weight_decay if decayed else 0.0}
+                  for part, lr in parts for decayed in (True, False)]
+        return torch.optim.AdamW([g for g in groups if g["params"]])
+    groups = [{"params": part.parameters(), "lr": lr} for part, lr in parts]
     return torch.optim.SGD(groups, momentum=recipe.momentum, nesterov=recipe.nesterov, weight_decay=stage.weight_decay)
 
 
 def lr_factor(stage: Stage, plan: StagePlan, step: int) -> float:
     """Multiplier of the base lr at optimizer step `step` (0-based) of the stage."""
+    if stage.schedule == "warmup_cosine":
+        warm = max(1, math.ceil(ADAMW_WARMUP_SHARE * plan.steps))
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, plan.steps - warm)))
     warmup = min(1.0, (step + 1) / stage.warmup_steps) if stage.warmup_steps else 1.0
     if stage.schedule == "cosine":
         return warmup * max(0.0, math.cos(math.pi * 7 / 16 * step / plan.steps))
@@ -354,7 +407,7 @@ def _train_loop(
             state = None
             continue
         net = shards.wrap(model) if shards is not None else model
-        log(f"{stage.name}: {plan.steps} steps of {plan.batch} images over {stage.epochs} epochs ({n} labelled)")
+        log(f"{stage.name}: {plan.steps} {stage.optimizer} steps of {plan.batch} images over {stage.epochs} epochs ({n} labelled)")
         for epoch in range(first_epoch, stage.epochs):
             first, last = plan.epoch_starts[epoch], plan.epoch_starts[epoch + 1]
             this_seed = epoch_seed(seed, stage_index, epoch)
@@ -437,4 +490,4 @@ def classifier_from(payload: dict[str, Any]) -> Classifier:
 
 
 def recipe_fingerprint(recipe: TrainRecipe, seed: int, extra: str) -> str:
-    return repr((asdict(recipe), seed, extra))
+    return repr((recipe_identity(recipe), seed, extra))
