@@ -2,7 +2,7 @@
 VENV ?= .venv
 CORES ?= 2
 
-.PHONY: run test dry-run bench
+.PHONY: run test test-all dry-run bench
 
 run:  ## set up, then run the default experiment (workflow_config.yaml) into results/
 	bash scripts/bootstrap.sh
@@ -10,7 +10,11 @@ run:  ## set up, then run the default experiment (workflow_config.yaml) into res
 
 test:  ## set up (with the Label Studio server the live tests start), then run the test suite on CORES workers
 	bash scripts/bootstrap.sh --label-studio-server
-	$(VENV)/bin/python -m pytest -n $(CORES) --dist loadgroup
+	$(VENV)/bin/python -m pytest -n $(CORES) --dist loadgroup -m "not slow" --durations=15
+
+test-all:  ## the test suite with the tests marked slow (the ResNet-50 convergence cells)
+	bash scripts/bootstrap.sh --label-studio-server
+	$(VENV)/bin/python -m pytest -n $(CORES) --dist loadgroup --durations=15
 
 dry-run:  ## show what `make run` would do
 	$(VENV)/bin/snakemake -n --cores $(CORES)

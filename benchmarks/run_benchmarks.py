@@ -49,7 +49,8 @@ from asvp.precision import autocast_dtype, inference_autocast
 from asvp.pool import LABELLED_COLUMNS, split_table
 from asvp.proxy import ProxyRecipe, save_weights, train_proxy
 from asvp.proxy_scoring import INFERENCE_BATCH_SIZE, load_weights, proxy_chunks
-from asvp.training import Classifier, recipe_fingerprint, recipe_from_config, train
+from asvp.recipes import recipe_fingerprint, recipe_from_config
+from asvp.training import Classifier, train
 
 REPO = Path(__file__).resolve().parents[1]
 Results = dict[str, float]

@@ -18,7 +18,8 @@ from torch.utils.data import Dataset
 
 from asvp.errors import DataError
 from asvp.finetune import _guard, divergence
-from asvp.training import Classifier, Stage, TrainRecipe, batch_positions, fit_linear_probe, lr_factor, plan_stage, train
+from asvp.recipes import Stage, TrainRecipe, lr_factor, plan_stage
+from asvp.training import Classifier, batch_positions, fit_linear_probe, train
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 CPU = torch.device("cpu")

@@ -20,7 +20,8 @@ from torch.utils.data import Dataset
 from asvp import distributed
 from asvp.batching import iterate_batches
 from asvp.extraction import image_batches
-from asvp.training import Classifier, Stage, TrainRecipe, train
+from asvp.recipes import Stage, TrainRecipe
+from asvp.training import Classifier, train
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh)")]

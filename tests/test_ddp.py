@@ -30,7 +30,8 @@ from asvp import distributed
 from asvp.errors import ConfigError
 from asvp.extraction import SplitInput, extract_features
 from asvp.features import partial_path
-from asvp.training import Classifier, Stage, TrainRecipe, train
+from asvp.recipes import Stage, TrainRecipe
+from asvp.training import Classifier, train
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

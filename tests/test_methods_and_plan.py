@@ -63,6 +63,21 @@ def test_a_step_reads_back_the_keys_its_params_left_out_at_their_neutral_value()
     assert restored["finetune"] == config["finetune"] and restored["data"] == config["data"]
 
 
+def test_a_fine_tune_key_is_the_same_from_a_jobs_params_and_from_the_whole_config(tmp_path: Path) -> None:
+    """Fine-tunes are shared between jobs, benchmarks and the advisor through their keys."""
+    import pandas as pd
+
+    from asvp.finetune import finetune_key
+
+    config = validate_config({"experiment": "t"})
+    labelled = pd.DataFrame({"pool_index": [3, 1], "label": [0, 2]})
+    (tmp_path / "test.csv").write_text("sample_id,label\n0,1\n")
+    job = plan.config_from_params(shlex.split(plan.params_json(config, *plan.finetune_sections("asvp")))[0])
+    for kind in ("ft", "lpft"):
+        assert finetune_key(job, kind, labelled, 0, tmp_path / "test.csv") == finetune_key(
+            config, kind, labelled, 0, tmp_path / "test.csv")
+
+
 def test_every_registered_neutral_value_is_the_schemas_default() -> None:
     filled = validate_config({"experiment": "t"})  # nested defaults filled in, as a run sees them
     for section, keys in plan.NEUTRAL_VALUES.items():

@@ -10,7 +10,7 @@ import torch
 from asvp.config import validate_config
 from asvp.errors import ConfigError
 from asvp.probe import PROBE_DECAY_GRID, choose_probe_decay, fold_count, stratified_folds
-from asvp.training import recipe_from_config
+from asvp.recipes import recipe_from_config
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -65,7 +65,8 @@ def test_the_probe_trains_and_records_the_decay_cross_validation_chose() -> None
     from torch import nn
 
     from asvp.probe import fit_linear_probe
-    from asvp.training import Classifier, Stage
+    from asvp.recipes import Stage
+    from asvp.training import Classifier
 
     x, y = _blobs(30, separation=6.0, seed=3, dim=4)
 
@@ -89,7 +90,7 @@ def test_the_probe_trains_and_records_the_decay_cross_validation_chose() -> None
 def test_the_default_step_floor_decays_the_lr_over_the_whole_stretched_run(kind: str) -> None:
     """At 400 labels the 200-step floor binds (30 epochs are 94 steps): the milestones move with the
     stretched epochs, so the lr falls x0.1 at 2/3 and 5/6 of the 200 steps, not after the 94th."""
-    from asvp.training import lr_factor, plan_stage
+    from asvp.recipes import lr_factor, plan_stage
 
     stage = recipe_from_config(kind, validate_config({"experiment": "unit"})).stages[-1]
     plan = plan_stage(stage, n=400, batch_size=128)

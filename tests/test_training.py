@@ -14,8 +14,9 @@ from torch.utils.data import Dataset
 
 from asvp.config import validate_config
 from asvp.errors import DataError
-from asvp.training import (Classifier, Stage, TrainRecipe, _optimizer, lr_factor, optimizer_of, plan_stage, predict,
-                           recipe_fingerprint, recipe_from_config, recipe_identity, train)
+from asvp.recipes import (Stage, TrainRecipe, lr_factor, optimizer_of, plan_stage, recipe_fingerprint,
+                          recipe_from_config, recipe_identity)
+from asvp.training import Classifier, _optimizer, predict, train
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -32,12 +32,13 @@ import torch
 
 from asvp.atomic import atomic_path, read_json, write_json
 from asvp.errors import DataError
+from asvp.plan import params_excerpt
 from asvp.pool import read_labelled, read_split_table
 from asvp.backbones import pretrained_backbone
 from asvp.data import dataset_for
 from asvp.device import resolve_device
-from asvp.training import (PREDICT_BATCH_SIZE, Classifier, optimizer_of, predict, recipe_fingerprint, recipe_from_config,
-                           recipe_identity, train)
+from asvp.recipes import optimizer_of, recipe_fingerprint, recipe_from_config, recipe_identity
+from asvp.training import PREDICT_BATCH_SIZE, Classifier, predict, train
 
 CACHE_VERSION = 4  # bump when training or evaluation code changes what a cached result means
 LOSS_TOLERANCE = 1e-4  # relative: float noise on a converged L-BFGS objective is no divergence
@@ -79,7 +80,9 @@ def finetune_key(config: dict[str, Any], recipe_kind: str, labelled: Any, seed: 
         "labelled": hashlib.sha256(labelled[["pool_index", "label"]].to_numpy().tobytes()).hexdigest(),
         "seed": seed,
         "backbone": config["backbone"],
-        "data": config["data"],
+        # As a job's params hold it: keys at their neutral value left out, so a job given the
+        # excerpt and a caller given the whole config compute the same key.
+        "data": params_excerpt(config, "data")["data"],
         "device": resolve_device(config["device"]).type,  # cuda:1 and cuda:0 give the same model
         "test": hashlib.sha256(Path(test_csv).read_bytes()).hexdigest(),
     }
