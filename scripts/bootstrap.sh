@@ -50,20 +50,23 @@ for line in requires("label-studio-sdk"):
         print(str(requirement).split(";")[0].replace(" ", ""))
 EOF
 }
-fingerprint=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
-setup_venv "$VENV" "$fingerprint" "first time: a few minutes, torch is large" install_project
-
 # --- The Label Studio server (--label-studio-server: the tests' live runs), a venv of its own ---
 # label-studio pins Django, pytz<2023, pyarrow 24, redis, rq, openai<2 that clash with ours;
-# sentry-sdk 3 crashes its start, hence <3. `make run` does not need it.
+# sentry-sdk 3 crashes its start, hence <3. `make run` does not need it. It is set up alongside
+# the project's venv (pip waits mostly on unpacking, so the two overlap well) and waited for last.
 install_label_studio_server() {
     local python=$1
     "$python" -m pip install -q $LABEL_STUDIO_PINS
 }
+label_studio_setup=
 if [ "${1:-}" = "--label-studio-server" ]; then
     ls_fingerprint=$(echo "$LABEL_STUDIO_PINS" | sha256sum | cut -c1-16)
-    setup_venv "$LABEL_STUDIO_VENV" "$ls_fingerprint" "the Label Studio server; about a minute" install_label_studio_server
+    setup_venv "$LABEL_STUDIO_VENV" "$ls_fingerprint" "the Label Studio server; about a minute" install_label_studio_server &
+    label_studio_setup=$!
 fi
+
+fingerprint=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+setup_venv "$VENV" "$fingerprint" "first time: a few minutes, torch is large" install_project
 
 # --- Default data: Fashion-MNIST from Debian's dataset-fashion-mnist -----------------------
 system_root=/usr/share/datasets/fashion-mnist
@@ -78,4 +81,8 @@ if [ ! -f "$system_root/train-images-idx3-ubyte.gz" ] && [ ! -f "$user_cache$sys
         mkdir -p "$user_cache"
         (cd "$user_cache" && apt-get download dataset-fashion-mnist && dpkg -x dataset-fashion-mnist_*.deb .)
     fi
+fi
+
+if [ -n "$label_studio_setup" ]; then
+    wait "$label_studio_setup" || { echo "bootstrap: setting up $LABEL_STUDIO_VENV failed (see above)" >&2; exit 1; }
 fi
