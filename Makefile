@@ -10,11 +10,11 @@ run:  ## set up, then run the default experiment (workflow_config.yaml) into res
 
 test:  ## set up (with the Label Studio server the live tests start), then run the test suite on CORES workers
 	bash scripts/bootstrap.sh --label-studio-server
-	$(VENV)/bin/python -m pytest -n $(CORES) --dist loadgroup -m "not slow" --durations=15
+	$(VENV)/bin/python -m pytest -n $(CORES) --dist loadfile --no-loadscope-reorder -m "not slow" --durations=15
 
 test-all:  ## the test suite with the tests marked slow (the ResNet-50 convergence cells)
 	bash scripts/bootstrap.sh --label-studio-server
-	$(VENV)/bin/python -m pytest -n $(CORES) --dist loadgroup --durations=15
+	$(VENV)/bin/python -m pytest -n $(CORES) --dist loadfile --no-loadscope-reorder --durations=15
 
 dry-run:  ## show what `make run` would do
 	$(VENV)/bin/snakemake -n --cores $(CORES)

@@ -69,13 +69,14 @@ def default_weights() -> Path:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Which tests share a worker under pytest-xdist (`make test`: -n CORES --dist loadgroup).
+    """Files with the most end-to-end tests first. `make test` hands whole files to the
+    pytest-xdist workers in this order (--dist loadfile --no-loadscope-reorder), so the minute-long
+    workflow and cluster runs start at once and the many quick unit tests fill in around them,
+    instead of a long run starting last and running alone."""
+    def end_to_end(item: pytest.Item) -> bool:
+        return any(item.get_closest_marker(mark) for mark in ("workflow", "slurm"))
 
-    A module's tests stay together, as its module- and session-scoped fixtures (a finished tiny
-    run, a SLURM cluster, a Label Studio server) are costly and must be made once; a workflow
-    test of test_workflow.py that makes its own run goes to whichever worker is free, so the
-    long end-to-end runs spread over the cores instead of queueing on one.
-    """
+    per_file: dict[str, int] = {}
     for item in items:
-        own_run = item.module.__name__.endswith("test_workflow") and "finished_run" not in item.fixturenames
-        item.add_marker(pytest.mark.xdist_group(item.nodeid if own_run else item.module.__name__))
+        per_file[item.nodeid.split("::")[0]] = per_file.get(item.nodeid.split("::")[0], 0) + end_to_end(item)
+    items.sort(key=lambda item: -per_file[item.nodeid.split("::")[0]])

@@ -1,14 +1,14 @@
 """End-to-end: the real Snakefile on the tiny config (a few hundred real images, 3 rounds).
 
-One full run is shared by the tests in this module (it is the expensive part); the other tests
-are dry-runs against it or small runs of their own.
+One full run is shared by the tests in this file (it is the expensive part): they read it, dry-run
+against it, or rerun parts of it. Tests that need runs of their own are in test_workflow_runs.py,
+so that pytest-xdist (--dist loadfile) runs the two files side by side.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,44 +16,18 @@ from pathlib import Path
 import h5py
 import pandas as pd
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "tests" / "configs" / "tiny.yaml"
-METHODS = {"random", "standard", "svpp", "asvp"}
+from tiny_workflow import METHODS, REPO, TINY, planned_jobs, snakemake
 
 pytestmark = pytest.mark.workflow
 
 
-def snakemake(workdir: Path, *extra: str, configfiles: tuple[Path, ...] = (TINY,)) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
-        # Tiny jobs are dominated by interpreter start-up: run two at a time, one thread each.
-        "--max-threads", "1", "--configfile", *map(str, configfiles), *extra,
-    ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONHASHSEED": "0"})
-
-
-def planned_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
-    """(rule, wildcards) for every job a dry-run lists."""
-    jobs: list[tuple[str, dict[str, str]]] = []
-    for line in output.splitlines():
-        if m := re.match(r"^(?:local)?rule (\w+):", line.strip()):
-            jobs.append((m.group(1), {}))
-        elif (m := re.match(r"^wildcards: (.*)$", line.strip())) and jobs:
-            jobs[-1][1].update(dict(part.split("=", 1) for part in m.group(1).split(", ")))
-    return jobs
-
-
-# Session scope, not module: under pytest-xdist a worker may run another module's tests between
-# this module's, and a module fixture would be torn down and the run made again.
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory, real_fashion_mnist: Path, default_weights: Path) -> Path:
     workdir = tmp_path_factory.mktemp("tiny")
     result = snakemake(workdir)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return workdir
-
 
 def test_full_run_reports_every_method_and_round(finished_run: Path) -> None:
     summary = pd.read_csv(finished_run / "results/tiny/summary.csv")
@@ -79,7 +53,6 @@ def test_full_run_reports_every_method_and_round(finished_run: Path) -> None:
     assert (summary.loc[summary["method"] == "asvp", "seconds_decide"] > 0).all()
     assert set(summary.loc[summary["method"] != "asvp", "train_method"]) == {"ft"}
 
-
 def test_features_file_records_what_made_it(finished_run: Path) -> None:
     with h5py.File(finished_run / "results/tiny/features/pretrained.h5") as handle:
         assert handle["pool/features"].shape == (300, 1280)
@@ -89,7 +62,6 @@ def test_features_file_records_what_made_it(finished_run: Path) -> None:
         assert "Normalize" in handle.attrs["transform"] or "normal" in handle.attrs["transform"].lower()
         assert handle.attrs["dtype"] == "float32" and handle.attrs["complete"]
     assert not list((finished_run / "results/tiny/features").glob("*.partial"))
-
 
 def test_forced_refresh_is_visible_and_used(finished_run: Path) -> None:
     run = finished_run / "results/tiny/asvp/margin/seed0"
@@ -112,7 +84,6 @@ def test_forced_refresh_is_visible_and_used(finished_run: Path) -> None:
     asvp = summary[summary["method"] == "asvp"].sort_values("round")
     assert asvp["train_method"].tolist() == ["lpft", "ft", "ft"]  # training alignment switches with the trigger
 
-
 def test_equal_fine_tunes_train_once_and_models_are_not_kept(finished_run: Path) -> None:
     results = finished_run / "results/tiny"
     metrics = {
@@ -132,7 +103,6 @@ def test_equal_fine_tunes_train_once_and_models_are_not_kept(finished_run: Path)
     assert not [p for p in results.rglob("model.pt") if p.parent.name != "final"]
     assert not list(results.rglob("refresh_model.pt"))
 
-
 def test_every_run_delivers_its_final_model(finished_run: Path) -> None:
     from asvp.delivery import load_model
 
@@ -151,36 +121,10 @@ def test_every_run_delivers_its_final_model(finished_run: Path) -> None:
         labelled = set(pd.read_csv(final / "labelled.csv")["pool_index"])
         assert predictions["pool_index"].tolist() == [i for i in range(300) if i not in labelled]
 
-
-def test_evaluation_points_are_planned_apart_from_selection_rounds(tmp_path: Path) -> None:
-    override = tmp_path / "at.yaml"
-    override.write_text("schedule:\n  budgets: [20, 20, 20, 20, 20]\nevaluation:\n  at: [20, 60]\n")
-    result = snakemake(tmp_path, "-n", configfiles=(TINY, override))
-    assert result.returncode == 0, result.stderr[-3000:]
-    jobs = planned_jobs(result.stdout)
-    evaluated = sorted({(w["method"], int(w["r"])) for rule, w in jobs if rule == "evaluate"})
-    # random, svpp and asvp train the final model at 20 and 60 labels and in the last round only;
-    # random also in its own round 5, at 160 labels (1.5 x 100 on steps of 20: evaluation.random_beyond auto).
-    assert evaluated == sorted([(m, r) for m in ("random", "svpp", "asvp") for r in (0, 2, 4)] + [("random", 5)])
-    assert "random also at 160 labels" in result.stderr
-    # standard fine-tunes every round: its next selection reads that model.
-    assert sorted(int(w["r"]) for rule, w in jobs if rule == "finetune_standard") == [0, 1, 2, 3, 4]
-    assert "evaluation points at rounds 0 (20 labels), 2 (60 labels), 4 (100 labels)" in result.stderr
-
-
-def test_an_evaluation_point_no_round_reaches_is_refused(tmp_path: Path) -> None:
-    override = tmp_path / "at.yaml"
-    override.write_text("evaluation:\n  at: [50]\n")
-    result = snakemake(tmp_path, "-n", configfiles=(TINY, override))
-    assert result.returncode != 0
-    assert "evaluation.at names label counts [50]" in result.stdout + result.stderr
-
-
 def test_second_run_finds_nothing_to_do(finished_run: Path) -> None:
     result = snakemake(finished_run, "-n")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Nothing to be done" in result.stdout + result.stderr
-
 
 def test_proxy_change_reruns_only_proxy_dependent_jobs(finished_run: Path, tmp_path: Path) -> None:
     override = tmp_path / "override.yaml"
@@ -197,7 +141,6 @@ def test_proxy_change_reruns_only_proxy_dependent_jobs(finished_run: Path, tmp_p
     assert rules >= {"select_proxy", "select_proxy_decide"}  # each trains its proxy (then selects, labels)
     assert not rules & {"define_pool", "extract_pretrained", "select_initial", "select_random", "select_model"}
 
-
 def test_lpft_baseline_is_planned_with_its_own_recipe(finished_run: Path, tmp_path: Path) -> None:
     override = tmp_path / "lpft.yaml"
     override.write_text("methods: [random, standard, svpp, asvp, standard_lpft]\n")
@@ -208,55 +151,6 @@ def test_lpft_baseline_is_planned_with_its_own_recipe(finished_run: Path, tmp_pa
     # Selection jobs label their batch themselves (simulated oracle).
     assert {rule for rule, w in jobs if "method" in w} == {"select_initial", "finetune_standard", "select_model", "deliver"}
     assert "--recipe lpft" in result.stdout
-
-
-def test_unknown_config_key_stops_before_any_job(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(TINY.read_text() + "proxy_settings:\n  lr: 1\n")
-    result = snakemake(tmp_path, "-n", configfiles=(bad,))
-    assert result.returncode != 0
-    assert "unknown config key 'proxy_settings'" in result.stdout + result.stderr
-    assert not (tmp_path / "results").exists()
-
-
-def test_config_layers_are_the_same_wherever_the_command_runs(tmp_path: Path) -> None:
-    """No --configfile: workflow_config.yaml; with one: only it; --config on top; from any directory."""
-    user = tmp_path / "user.yaml"
-    user.write_text("experiment: layered\nproxy:\n  epochs: 3\n")
-
-    def effective(cwd: Path, workdir: Path, experiment: str, *extra: str) -> str:
-        command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "1",
-                   f"results/{experiment}/config.yaml", *extra]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd)
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert "asvp-flow: config = schema defaults < " in result.stderr
-        return (workdir / f"results/{experiment}/config.yaml").read_text()
-
-    default = effective(tmp_path, tmp_path / "a", "from_cli", "--config", "experiment=from_cli")
-    settings = yaml.safe_load(default)
-    assert settings["experiment"] == "from_cli" and settings["data"]["pool_subset"] == 10000  # the default, then --config
-    assert f"{REPO / 'workflow_config.yaml'} < --config" in default
-    inside = effective(REPO, tmp_path / "b", "layered", "--configfile", str(user))
-    outside = effective(tmp_path, tmp_path / "c", "layered", "--configfile", str(user))
-    assert inside == outside
-    settings = yaml.safe_load(outside)
-    assert settings["proxy"]["epochs"] == 3 and settings["proxy"]["lr"] == 0.01
-    assert settings["data"]["pool_subset"] is None and settings["seeds"] == [0]  # the schema's, not the default experiment's
-    assert settings["strategy_options"]["badge"]["candidates"] is None  # nested defaults are filled too
-
-
-def test_activeft_pre_plans_one_single_shot_per_evaluation_point(tmp_path: Path) -> None:
-    override = tmp_path / "activeft.yaml"
-    override.write_text("methods: [activeft_pre]\nschedule:\n  budgets: [20, 20, 20]\nevaluation:\n  at: [20, 60]\n")
-    result = snakemake(tmp_path, "-n", "-p", configfiles=(TINY, override))
-    assert result.returncode == 0, result.stderr[-3000:]
-    jobs = planned_jobs(result.stdout)
-    selections = sorted(w["r"] for rule, w in jobs if rule == "select_single_shot")
-    assert selections == ["000", "002"]  # no round in between: each point is its own selection
-    assert all(w["strategy"] == "activeft" for rule, w in jobs if rule == "select_single_shot")
-    assert not [rule for rule, _ in jobs if rule in ("select_initial", "select_proxy", "select_proxy_decide")]
-    assert re.search(r"select-single-shot .*--budget 60 .*--round 002", result.stdout)
-
 
 def test_rerunning_proxy_selection_reproduces_it_bit_for_bit(finished_run: Path) -> None:
     """Same config and seed, same selections: recompute the proxy rounds and compare bytes.
@@ -278,7 +172,6 @@ def test_rerunning_proxy_selection_reproduces_it_bit_for_bit(finished_run: Path)
     assert "select_proxy_decide" in result.stdout + result.stderr  # the jobs really ran again
     for path, content in before.items():
         assert path.read_bytes() == content, f"{path} changed on recomputation"
-
 
 def test_report_holds_every_figure_and_table(finished_run: Path) -> None:
     report_dir = finished_run / "results/tiny/report"
@@ -305,7 +198,6 @@ def test_report_holds_every_figure_and_table(finished_run: Path) -> None:
                  "time_model.html", "table3.html", "per_class_accuracy.html", "config.html"):
         assert name in text, name
 
-
 def test_advisor_reads_the_finished_run(finished_run: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "asvp", "advise", "--experiment", str(finished_run / "results/tiny"),
                              "--label-price", "0.036", "--gpu-hour-price", "3.06"], capture_output=True, text=True, timeout=120)
@@ -313,97 +205,7 @@ def test_advisor_reads_the_finished_run(finished_run: Path) -> None:
     assert "target accuracy" in result.stdout and "Break-even" in result.stdout
     assert "too small to decide" in result.stdout or "No method reached" in result.stdout or "Cheapest" in result.stdout
 
-
-def test_every_strategy_runs_through_a_tiny_proxy_run(tmp_path: Path, real_fashion_mnist: Path, default_weights: Path) -> None:
-    override = tmp_path / "strategies.yaml"
-    override.write_text("methods: [random, svpp, activeft_pre]\n"
-                        "strategies: [margin, confidence, entropy, coreset, badge, activeft]\n"
-                        "schedule:\n  budgets: [20, 20]\nevaluation:\n  at: [40]\n  random_beyond: []\n")
-    result = snakemake(tmp_path, configfiles=(TINY, override))
-    assert result.returncode == 0, result.stderr[-6000:]
-    selections = {}
-    for strategy in ("margin", "confidence", "entropy", "coreset", "badge", "activeft"):
-        selected = pd.read_csv(tmp_path / f"results/tiny/svpp/{strategy}/seed0/round001/selected.csv")
-        assert len(selected) == 20 and selected["pool_index"].is_unique
-        labelled = pd.read_csv(tmp_path / f"results/tiny/svpp/{strategy}/seed0/round000/labelled.csv")
-        assert not set(selected["pool_index"]) & set(labelled["pool_index"])
-        selections[strategy] = frozenset(selected["pool_index"])
-    assert len(set(selections.values())) >= 5  # the strategies really differ
-    run = tmp_path / "results/tiny/svpp"
-    initial = {s: set(pd.read_csv(run / s / "seed0/round000/labelled.csv")["pool_index"]) for s in ("margin", "activeft")}
-    assert initial["margin"] != initial["activeft"]  # ActiveFT's round 0 is ActiveFT on the pre-trained features
-    assert "ActiveFT: 100 iterations" in (run / "activeft/seed0/round000/logs/select.log").read_text()
-    # ActiveFT(pre): one single shot of 40 labels on the pre-trained features, then FT.
-    single = tmp_path / "results/tiny/activeft_pre/activeft/seed0"
-    assert not (single / "round000").exists()
-    shot = pd.read_csv(single / "round001/labelled.csv")
-    assert len(shot) == 40 and shot["pool_index"].is_unique and set(shot["round"]) == {1}
-    log = (single / "round001/logs/select.log").read_text()
-    first, last = map(float, re.search(r"loss (\S+) -> (\S+)", log).groups())
-    assert last < first
-    summary = pd.read_csv(tmp_path / "results/tiny/summary.csv")
-    assert set(summary["strategy"]) == {"random", "margin", "confidence", "entropy", "coreset", "badge", "activeft"}
-    point = summary[summary["method"] == "activeft_pre"]
-    assert list(point["n_labelled"]) == [40] and list(point["train_method"]) == ["ft"]
-    assert 0.0 <= point["accuracy"].iloc[0] <= 1.0
-
-
-def test_human_oracle_round_trip(tmp_path: Path, real_fashion_mnist: Path, default_weights: Path) -> None:
-    """Select, stop cleanly, a bad answer file refused, answers by CSV then by folders, finish."""
-    override = tmp_path / "human.yaml"
-    override.write_text("oracle: human\nmethods: [svpp]\nschedule:\n  budgets: [20, 20]\nevaluation:\n  at: [40]\n")
-    run = tmp_path / "results/tiny/svpp/margin/seed0"
-    first = snakemake(tmp_path, configfiles=(TINY, override))
-    assert first.returncode == 0, first.stderr[-4000:]
-    assert "write results/tiny/svpp/margin/seed0/labels/round000.csv" in first.stderr
-    request = pd.read_csv(run / "round000/to_label.csv", dtype={"sample_id": str})
-    assert len(request) == 20 and (run / "round000/to_label.png").stat().st_size > 0
-    assert all(Path(p).exists() for p in request["image_path"])
-    assert not (run / "round000/labelled.csv").exists() and not (tmp_path / "results/tiny/summary.csv").exists()
-
-    pool = pd.read_csv(tmp_path / "results/tiny/data/pool.csv", dtype={"sample_id": str})
-    classes = json.loads((tmp_path / "results/tiny/data/dataset.json").read_text())["classes"]
-    truth = dict(zip(pool["sample_id"], pool["label"]))
-    answers = run / "labels/round000.csv"
-    answers.parent.mkdir()
-    rows = [f'{s},"{classes[truth[s]]}"' for s in request["sample_id"]]
-    answers.write_text("sample_id;class\n" + "\n".join(r.replace(",", ";", 1) for r in rows) + "\n")  # a spreadsheet's export
-    refused = snakemake(tmp_path, configfiles=(TINY, override))
-    assert refused.returncode != 0
-    assert "round000.csv, line 1: the header 'sample_id;class' uses ';' between columns" in refused.stderr + refused.stdout
-    assert not (run / "round000/labelled.csv").exists()
-
-    answers.write_text("sample_id,class\n" + "\n".join(rows) + "\n")
-    second = snakemake(tmp_path, configfiles=(TINY, override))
-    assert second.returncode == 0, second.stderr[-4000:]
-    labelled = pd.read_csv(run / "round000/labelled.csv", dtype={"sample_id": str})
-    assert labelled["label"].tolist() == [truth[s] for s in labelled["sample_id"]]
-    assert labelled["class_name"].tolist() == [classes[truth[s]] for s in labelled["sample_id"]]
-    request = pd.read_csv(run / "round001/to_label.csv", dtype={"sample_id": str}, keep_default_na=False)
-    assert len(request) == 20 and set(request["predicted_class"]) <= set(classes)  # the proxy's hint
-    assert "write results/tiny/svpp/margin/seed0/labels/round001.csv" in second.stderr
-
-    for sample_id, image in zip(request["sample_id"], request["image_path"]):  # answers as a folder per class
-        name = classes[truth[sample_id]].replace("/", "_")  # "T-shirt/top" -> folder T-shirt_top
-        folder = run / "labels/round001" / (name if name != "Trouser" else "Trousers")
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / Path(image).name).symlink_to(image)
-    if (run / "labels/round001/Trousers").exists():
-        refused = snakemake(tmp_path, configfiles=(TINY, override))
-        assert refused.returncode != 0
-        assert "unknown class 'Trousers'; did you mean 'Trouser'?" in refused.stderr + refused.stdout
-        (run / "labels/round001/Trousers").rename(run / "labels/round001/Trouser")
-    third = snakemake(tmp_path, configfiles=(TINY, override))
-    assert third.returncode == 0, third.stderr[-4000:]
-    assert "waiting for labels" not in third.stderr
-    labelled = pd.read_csv(run / "round001/labelled.csv", dtype={"sample_id": str})
-    assert len(labelled) == 40 and labelled["label"].tolist() == [truth[s] for s in labelled["sample_id"]]
-    summary = pd.read_csv(tmp_path / "results/tiny/summary.csv")
-    assert summary["n_labelled"].tolist() == [40]
-
-
 TIMING_KEYS = {"train_seconds", "test_seconds", "reused"}  # when and where a fine-tune ran, not what it computed
-
 
 def _results_of(workdir: Path, methods: tuple[str, ...]) -> dict[str, bytes]:
     """Every selection, label file, decision, score file and metric of the given methods' runs."""
@@ -416,7 +218,6 @@ def _results_of(workdir: Path, methods: tuple[str, ...]) -> dict[str, bytes]:
                 metrics = {k: v for k, v in json.loads(path.read_text()).items() if k not in TIMING_KEYS}
                 files[str(path.relative_to(workdir))] = json.dumps(metrics, sort_keys=True).encode()
     return files
-
 
 def test_killed_runs_resume_to_the_uninterrupted_results(finished_run: Path, tmp_path: Path) -> None:
     """SIGKILL of the whole run (head and jobs) mid-extraction, mid-fine-tune, mid-refresh and
@@ -457,32 +258,3 @@ def test_killed_runs_resume_to_the_uninterrupted_results(finished_run: Path, tmp
     assert resumed_logs and all(text.count("=== attempt started") >= 2 for text in resumed_logs)
     killed_attempt = resumed_logs[0].split("resuming from")[0]
     assert "epoch 1/" in killed_attempt  # what the killed attempt logged before the kill is kept
-
-
-def test_keep_going_finishes_the_other_seed_when_one_fails(tmp_path: Path, real_fashion_mnist: Path,
-                                                           default_weights: Path) -> None:
-    """One seed's job fails (a person's answer file with an unknown class): --keep-going finishes
-    the other seed; after the fix the same command finishes the run, no --unlock needed."""
-    override = tmp_path / "two_seeds.yaml"
-    override.write_text("oracle: human\nmethods: [random]\nseeds: [0, 1]\nschedule:\n  budgets: [20]\n")
-    assert snakemake(tmp_path, configfiles=(TINY, override)).returncode == 0  # both seeds wait for labels
-    classes = json.loads((tmp_path / "results/tiny/data/dataset.json").read_text())["classes"]
-    pool = pd.read_csv(tmp_path / "results/tiny/data/pool.csv", dtype={"sample_id": str})
-    truth = dict(zip(pool["sample_id"], pool["label"]))
-    for seed, wrong in ((0, False), (1, True)):
-        run = tmp_path / f"results/tiny/random/random/seed{seed}"
-        ids = pd.read_csv(run / "round000/to_label.csv", dtype={"sample_id": str})["sample_id"]
-        rows = [f'{i},"{"Sneakers" if wrong and k == 3 else classes[truth[i]]}"' for k, i in enumerate(ids)]
-        (run / "labels").mkdir()
-        (run / "labels/round000.csv").write_text("sample_id,class\n" + "\n".join(rows) + "\n")
-    failed = snakemake(tmp_path, "--keep-going", configfiles=(TINY, override))
-    assert failed.returncode != 0
-    assert "round000.csv, line 5: unknown class 'Sneakers'; did you mean 'Sneaker'?" in failed.stdout + failed.stderr
-    assert (tmp_path / "results/tiny/random/random/seed0/round000/metrics.json").exists()
-    assert not (tmp_path / "results/tiny/random/random/seed1/round000/labelled.csv").exists()
-    answers = tmp_path / "results/tiny/random/random/seed1/labels/round000.csv"
-    answers.write_text(answers.read_text().replace('"Sneakers"', '"Sneaker"'))
-    fixed = snakemake(tmp_path, configfiles=(TINY, override))
-    assert fixed.returncode == 0, fixed.stderr[-3000:]
-    summary = pd.read_csv(tmp_path / "results/tiny/summary.csv")
-    assert sorted(summary["seed"]) == [0, 1]
