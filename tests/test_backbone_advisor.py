@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from asvp.backbone_advisor import advise_backbone, parse_candidate
+from asvp.backbone_advisor import advise_backbone
+from asvp.backbone_candidates import parse_candidate
 from asvp.errors import CheckpointError, ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
