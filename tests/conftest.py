@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import gzip
 from pathlib import Path
 
@@ -76,7 +77,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def end_to_end(item: pytest.Item) -> bool:
         return any(item.get_closest_marker(mark) for mark in ("workflow", "slurm"))
 
-    per_file: dict[str, int] = {}
-    for item in items:
-        per_file[item.nodeid.split("::")[0]] = per_file.get(item.nodeid.split("::")[0], 0) + end_to_end(item)
-    items.sort(key=lambda item: -per_file[item.nodeid.split("::")[0]])
+    per_file: collections.Counter[Path] = collections.Counter(item.path for item in items if end_to_end(item))
+    items.sort(key=lambda item: -per_file[item.path])
