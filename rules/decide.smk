@@ -10,7 +10,7 @@ rule decide:
         method=one_of(DECIDING),
         r=r"\d{3}" if HUMAN_ORACLE else "000",
     input:
-        unpack(decide_inputs),
+        unpack(FILES.decide_inputs),
     output:
         f"{ROUND}/decision.json",
     params:
@@ -39,9 +39,9 @@ rule refresh_features:
     input:
         decision=f"{ROUND}/decision.json",
         labelled=f"{ROUND}/labelled.csv",
-        previous=features_in_use,
-        pool=rules.define_pool.output.pool,
-        test=rules.define_pool.output.test,
+        previous=FILES.features_in_use,
+        pool=FILES.pool,
+        test=FILES.test,
     output:
         f"{ROUND}/features.h5",
     params:
@@ -52,9 +52,9 @@ rule refresh_features:
     threads: JOB_THREADS
     resources:
         # Re-evaluated once decision.json exists: a pass-through round asks for no GPU.
-        gpu=lambda w, input: FINETUNE.gpu if refresh_requested(input) else 0,
-        mem_mb=lambda w, input: FINETUNE.mem_mb if refresh_requested(input) else SMALL.mem_mb,
-        runtime=lambda w, input: FINETUNE.runtime if refresh_requested(input) else SMALL.runtime,
+        gpu=lambda w, input: FINETUNE.gpu if FILES.refresh_requested(input) else 0,
+        mem_mb=lambda w, input: FINETUNE.mem_mb if FILES.refresh_requested(input) else SMALL.mem_mb,
+        runtime=lambda w, input: FINETUNE.runtime if FILES.refresh_requested(input) else SMALL.runtime,
     priority: SELECTION_PRIORITY
     log:
         f"{ROUND}/logs/refresh_features.log",

@@ -17,7 +17,7 @@ for KEEPS_MODEL in (False, True):
         wildcard_constraints:
             method=one_of(methods.names(lambda m: m.finetunes_every_round == KEEPS_MODEL)),
         input:
-            unpack(evaluate_inputs),
+            unpack(FILES.evaluate_inputs),
         output:
             metrics=f"{ROUND}/metrics.json",
             # Read by the next round's selection only; removed once it has run (evaluation.keep_models
@@ -56,7 +56,7 @@ rule deliver:
     wildcard_constraints:
         point=r"final|round\d{3}/delivered",
     input:
-        unpack(deliver_inputs),
+        unpack(FILES.deliver_inputs),
     output:
         model=f"{DELIVERY}/model.pt",
         torchscript=f"{DELIVERY}/model.torchscript.pt",
@@ -68,7 +68,7 @@ rule deliver:
         decision=lambda w, input: f"--decision {input.decision}" if "decision" in input.keys() else "",
         cfg=lambda w: params(*plan.finetune_sections(w.method)),
         cache=FINETUNES,
-        r=lambda w: delivered_round(w).r,
+        r=lambda w: FILES.delivered_round(w).r,
         folder=lambda w, output: os.path.dirname(output.model),
     threads: JOB_THREADS
     resources:

@@ -5,9 +5,9 @@ from asvp.data.unlabelled import UNLABELLED, listing_fingerprint  # noqa: E402
 
 rule define_pool:
     output:
-        pool=f"{RES}/data/pool.csv",
-        test=f"{RES}/data/test.csv",
-        info=f"{RES}/data/dataset.json",
+        pool=FILES.pool,
+        test=FILES.test,
+        info=FILES.dataset,
     params:
         cfg=params("data"),
         # Your own images: the folder's listing, so that images added to it rerun define_pool.
@@ -29,10 +29,10 @@ rule define_pool:
 
 rule extract_pretrained:
     input:
-        pool=rules.define_pool.output.pool,
-        test=rules.define_pool.output.test,
+        pool=FILES.pool,
+        test=FILES.test,
     output:
-        f"{RES}/features/pretrained.h5",
+        FILES.pretrained,
     params:
         cfg=params("data", "backbone", "features", "device"),
     threads: 2

@@ -27,7 +27,7 @@ rule summarize:
         rounds=PLAN.round_files(),
         # A plain path, not rules.define_pool.output.info: with the 3,600-file list above, that
         # made Snakemake hash the whole list once per item (1.1 s of a 900-round dry run).
-        dataset=f"{RES}/data/dataset.json",
+        dataset=FILES.dataset,
     output:
         summary=f"{RES}/summary.csv",
         rounds=f"{RES}/rounds.csv",

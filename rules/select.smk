@@ -20,22 +20,21 @@ rule select_initial:
         method=one_of(plan.round0_methods(config)),
         strategy=one_of([name for name in STRATEGIES if plan.round0_picker(config, name) is None]),
     input:
-        pool=kept(rules.define_pool.output.pool),
-        dataset=kept(rules.define_pool.output.info),
+        **FILES.pool_files(),
     output:
         selected=f"{RUN}/round000/selected.csv",
         scores=f"{RUN}/round000/scores.npy",
-        **labelled_outputs(f"{RUN}/round000"),
+        **FILES.labelled_outputs(f"{RUN}/round000"),
     params:
         budget=BUDGETS[0],
-        label=label_step,
+        label=FILES.label_step,
     threads: 1
     resources:
         mem_mb=SMALL.mem_mb,
         runtime=SMALL.runtime,
     priority: SELECTION_PRIORITY
     log:
-        **selection_logs(f"{RUN}/round000", "select_initial"),
+        **FILES.selection_logs(f"{RUN}/round000", "select_initial"),
     conda:
         CONDA_ENV
     shell:
@@ -50,8 +49,7 @@ rule initial_labels:
     wildcard_constraints:
         method=one_of(config["methods"] if GIVEN_ROUND0 else ()),
     input:
-        pool=kept(rules.define_pool.output.pool),
-        dataset=kept(rules.define_pool.output.info),
+        **FILES.pool_files(),
         labels=config["data"]["initial_labels"] or [],
     output:
         selected=f"{RUN}/round000/selected.csv",
@@ -65,7 +63,7 @@ rule initial_labels:
         runtime=SMALL.runtime,
     priority: SELECTION_PRIORITY
     log:
-        **selection_logs(f"{RUN}/round000", "initial_labels"),
+        **FILES.selection_logs(f"{RUN}/round000", "initial_labels"),
     conda:
         CONDA_ENV
     shell:
@@ -89,19 +87,18 @@ for COLD_START in (False, True):
                       if COLD_START else r"[a-z_]+"),
             r="000" if COLD_START else (LATER if GIVEN_ROUND0 else r"\d{3}"),
         input:
-            pool=kept(rules.define_pool.output.pool),
-            features=rules.extract_pretrained.output[0],
-            dataset=kept(rules.define_pool.output.info),
+            **FILES.pool_files(),
+            features=FILES.pretrained,
         output:
             selected=f"{ROUND}/selected.csv",
             scores=f"{ROUND}/scores.npy",
-            **labelled_outputs(ROUND),
+            **FILES.labelled_outputs(ROUND),
         params:
             budget=lambda w: PLAN.labels_after[int(w.r)],
             # Round 0's pick: its picker's options (asvp.plan.round0_params_json).
             cfg=(lambda w: plan.round0_params_json(config, w.strategy)) if COLD_START else (
                 lambda w: plan.params_json(config, strategy=w.strategy)),
-            label=label_step,
+            label=FILES.label_step,
         threads: JOB_THREADS
         resources:
             gpu=HEAVY.gpu,
@@ -109,7 +106,7 @@ for COLD_START in (False, True):
             runtime=HEAVY.runtime,
         priority: SELECTION_PRIORITY
         log:
-            **selection_logs(ROUND),
+            **FILES.selection_logs(ROUND),
         conda:
             CONDA_ENV
         shell:
@@ -124,23 +121,22 @@ rule select_random:
         method=one_of(methods.names(lambda m: m.selection == "random")),
         r=LATER,
     input:
-        pool=kept(rules.define_pool.output.pool),
-        dataset=kept(rules.define_pool.output.info),
-        labelled=lambda w: previous(w, "labelled.csv"),
+        **FILES.pool_files(),
+        labelled=FILES.previous_labels,
     output:
         selected=f"{ROUND}/selected.csv",
         scores=f"{ROUND}/scores.npy",
-        **labelled_outputs(ROUND),
+        **FILES.labelled_outputs(ROUND),
     params:
         budget=lambda w: PLAN.budgets_of(w.method)[int(w.r)],
-        label=label_step,
+        label=FILES.label_step,
     threads: 1
     resources:
         mem_mb=SMALL.mem_mb,
         runtime=SMALL.runtime,
     priority: SELECTION_PRIORITY
     log:
-        **selection_logs(ROUND),
+        **FILES.selection_logs(ROUND),
     conda:
         CONDA_ENV
     shell:
@@ -164,31 +160,30 @@ for DECIDES in (False, True):
             method=one_of(plan.proxy_round_methods(DECIDES, HUMAN_ORACLE)),
             r=LATER,
         input:
-            pool=kept(rules.define_pool.output.pool),
-            dataset=kept(rules.define_pool.output.info),
-            features=features_in_use,
-            labelled=lambda w: previous(w, "labelled.csv"),
-            **({"previous_decision": lambda w: previous(w, "decision.json")} if DECIDES else {}),
+            **FILES.pool_files(),
+            features=FILES.features_in_use,
+            labelled=FILES.previous_labels,
+            **({"previous_decision": FILES.previous_decision} if DECIDES else {}),
         output:
             selected=f"{ROUND}/selected.csv",
             scores=f"{ROUND}/scores.npy",
             weights=f"{ROUND}/proxy.npz",
-            **labelled_outputs(ROUND),
+            **FILES.labelled_outputs(ROUND),
             **({"decision": f"{ROUND}/decision.json"} if DECIDES else {}),
         params:
             budget=lambda w: BUDGETS[int(w.r)],
             # data and backbone: the features file's attributes are checked against them.
             proxy_cfg=params("proxy", "data", "backbone"),
             cfg=lambda w: plan.params_json(config, strategy=w.strategy),
-            label=label_step,
-            decide=decide_step if DECIDES else "",
+            label=FILES.label_step,
+            decide=FILES.decide_step if DECIDES else "",
         threads: JOB_THREADS
         resources:
             mem_mb=PROXY.mem_mb,
             runtime=PROXY.runtime,
         priority: SELECTION_PRIORITY
         log:
-            **selection_logs(ROUND),
+            **FILES.selection_logs(ROUND),
         conda:
             CONDA_ENV
         shell:
@@ -208,18 +203,17 @@ rule select_model:
         method=one_of(methods.names(lambda m: m.selection == "model")),
         r=LATER,
     input:
-        pool=kept(rules.define_pool.output.pool),
-        dataset=kept(rules.define_pool.output.info),
-        model=lambda w: previous(w, "model.pt"),
-        labelled=lambda w: previous(w, "labelled.csv"),
+        **FILES.pool_files(),
+        model=FILES.previous_model,
+        labelled=FILES.previous_labels,
     output:
         selected=f"{ROUND}/selected.csv",
         scores=f"{ROUND}/scores.npy",
-        **labelled_outputs(ROUND),
+        **FILES.labelled_outputs(ROUND),
     params:
         budget=lambda w: BUDGETS[int(w.r)],
         cfg=lambda w: plan.params_json(config, "data", "evaluation", "device", strategy=w.strategy),
-        label=label_step,
+        label=FILES.label_step,
     threads: JOB_THREADS
     resources:
         gpu=HEAVY.gpu,
@@ -227,7 +221,7 @@ rule select_model:
         runtime=HEAVY.runtime,
     priority: SELECTION_PRIORITY
     log:
-        **selection_logs(ROUND),
+        **FILES.selection_logs(ROUND),
     conda:
         CONDA_ENV
     shell:
@@ -241,7 +235,7 @@ rule request_labels:
     # People label: what a person must label this round (also as Label Studio import files; with
     # oracle: label_studio, sent to the server); the run stops here until answered.
     input:
-        unpack(request_inputs),
+        unpack(FILES.request_inputs),
     output:
         request=f"{ROUND}/to_label.csv",
         sheet=f"{ROUND}/to_label.png",
@@ -272,7 +266,7 @@ rule label:
         method=one_of(config["methods"] if HUMAN_ORACLE else ()),
         r=LATER if GIVEN_ROUND0 else r"\d{3}",  # given labels are round 0 (initial_labels)
     input:
-        unpack(label_inputs),
+        unpack(FILES.label_inputs),
     output:
         f"{ROUND}/labelled.csv",
     params:

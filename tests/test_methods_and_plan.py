@@ -107,3 +107,26 @@ def test_the_identity_check_finds_a_changed_selection_and_ignores_timings(tmp_pa
     assert compare(tmp_path / "before", tmp_path / "after") == (2, [])
     (tmp_path / "after" / "exp" / "svpp" / "margin" / "seed0" / "round001" / "selected.csv").write_text("pool_index\n4\n")
     assert compare(tmp_path / "before", tmp_path / "after")[1] == ["differs: exp/svpp/margin/seed0/round001/selected.csv"]
+
+
+def test_a_rounds_inputs_follow_the_method_and_the_oracle() -> None:
+    from types import SimpleNamespace
+
+    from asvp.rule_inputs import RuleInputs
+
+    config = validate_config({"experiment": "t", "methods": ["random", "svpp", "asvp"]})
+    files = RuleInputs(plan.Plan(config), config)
+    asvp_round2 = SimpleNamespace(method="asvp", strategy="margin", seed="1", r="002")
+    svpp_round2 = SimpleNamespace(method="svpp", strategy="margin", seed="1", r="002")
+    # ASVP's proxy trains on the features its last decision left; SVPp's never change.
+    assert files.features_in_use(asvp_round2) == "results/t/asvp/margin/seed1/round001/features.h5"
+    assert files.features_in_use(svpp_round2) == files.pretrained == "results/t/features/pretrained.h5"
+    assert files.features_in_use(SimpleNamespace(method="asvp", strategy="margin", seed="1", r="000")) == files.pretrained
+    # Only a deciding method's evaluation waits for its decision and refreshed features.
+    assert set(files.evaluate_inputs(asvp_round2)) == {"pool", "test", "labelled", "decision", "features"}
+    assert set(files.evaluate_inputs(svpp_round2)) == {"pool", "test", "labelled"}
+    assert files.decide_inputs(asvp_round2)["previous"] == "results/t/asvp/margin/seed1/round001/decision.json"
+    # The simulated oracle labels inside the selection job; a person labels in a job of its own.
+    assert files.labelled_outputs("r") == {"labelled": "r/labelled.csv"}
+    human = validate_config({"experiment": "t", "oracle": "human"})
+    assert RuleInputs(plan.Plan(human), human).labelled_outputs("r") == {}
