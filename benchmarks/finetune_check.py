@@ -1,6 +1,6 @@
 """One fine-tune on a seeded random labelled subset of the default pool: loss curve and test accuracy.
 
-The harness behind the recipe figures in the README and workflow_config.yaml (issue 7): it runs
+The harness behind the recipe figures in the README and workflow_config.yaml: it runs
 the workflow's own fine-tune (`asvp.finetune.finetune_and_evaluate`, the one training loop)
 with config overrides, so a recipe can be checked at one labelled-set size in a minute or two.
 

@@ -1,4 +1,4 @@
-"""Planning benchmark (issue 11): how long `snakemake -n` takes to plan a long run.
+"""Planning benchmark: how long `snakemake -n` takes to plan a long run.
 
 For each R in --rounds, writes a config (one seed; methods random, svpp, asvp; strategy margin;
 R rounds of --budget labels each; only the last round evaluated, unless --eval all) into a fresh
@@ -50,7 +50,7 @@ from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 SNAKEFILE = CHECKOUT / "Snakefile"
-TARGET_SECONDS = 10.0  # issue 11: the 900-round plan in at most this long
+TARGET_SECONDS = 10.0  # a 900-round plan (a multi-day run) should plan in at most this long
 DAG_LINE = "Building DAG of jobs..."
 
 
@@ -65,7 +65,7 @@ class Timing:
     floor: Timing | None = None  # the minimal workflow with as many jobs (--floor)
 
 
-# Snakemake's floor: the cheapest job a round could be (issue 11 asks what bounds the plan's time).
+# Snakemake's floor: the cheapest job a round could be (what bounds the plan's time).
 FLOOR_SNAKEFILE = """\
 import sys
 sys.setrecursionlimit(100000)
@@ -179,7 +179,7 @@ def table(timings: list[Timing], args: argparse.Namespace) -> str:
     workflow = "" if snakefile == SNAKEFILE else f" (workflow: {snakefile}, not this checkout's)"
     evaluated = "every round" if args.eval == "all" else "the last round"
     rows = [
-        f"## {now} planning (issue 11) on {machine}",
+        f"## {now} planning on {machine}",
         "",
         f"Command: `python benchmarks/planning.py {shlex.join(args.argv)}` "
         f"(Snakemake {version}; best of {args.repeats}; each plan: one seed, random + svpp + asvp, margin, "

@@ -1,4 +1,4 @@
-"""Round overhead benchmark (issue 11): where a selection round's wall time goes.
+"""Round overhead benchmark: where a selection round's wall time goes.
 
 A round of a proxy method is one job of several steps (svpp: train-proxy, select, label in
 select_proxy; asvp adds decide in select_proxy_decide, then its own refresh_features job), each
@@ -118,7 +118,7 @@ def table(splits: list[RoundSplit], args: argparse.Namespace) -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     when = dt.datetime.now().isoformat(timespec="minutes")
     lines = [
-        f"## {when} round overhead (issue 11) on {platform.node()} ({os.cpu_count()} CPUs, load {load})",
+        f"## {when} round overhead on {platform.node()} ({os.cpu_count()} CPUs, load {load})",
         "",
         f"Command: `python benchmarks/round_overhead.py {shlex.join(args.argv)}` (Fashion-MNIST, {args.pool} images "
         f"at 32 px, rounds of {args.budget} labels, one method at a time on `--cores 1`; mean over rounds "

@@ -1,7 +1,7 @@
 """Speed benchmarks, run on demand (`make bench`); results are appended to BENCHMARKS.md.
 
 Measures, on the default setting (Fashion-MNIST at 32 px, ImageNet MobileNetV2), each next to
-its ceiling so that a ratio says how much of the hardware's speed the workflow gets (issue 7):
+its ceiling so that a ratio says how much of the hardware's speed the workflow gets:
   1. extraction: `asvp.extraction.extract_features` (HDF5, chunked, resumable) fed by the
      dataset the workflow uses (`make_dataset`), against a bare channels_last inference loop
      over the same, already-made tensors at the same batch size (target >= 0.90); plus the old

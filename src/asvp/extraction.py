@@ -4,7 +4,7 @@ Extraction writes `<out>.partial` chunk by chunk (`asvp.features` holds the file
 finished chunk is flushed and recorded in the split's `rows_done` attribute, so a killed job
 resumes from the last complete chunk, and only a complete file is renamed to its final name.
 
-Speed (issue 7, point 5): the feed must keep up with the backbone. A dataset with a
+Speed: the feed must keep up with the backbone. A dataset with a
 `batch(positions)` method (the in-memory `TensorImageDataset`) hands over whole normalised
 batches; any other dataset goes through ONE DataLoader per split over the remaining rows
 (building one per chunk restarted its workers and emptied its prefetch queue at every
@@ -12,7 +12,7 @@ boundary). Chunk boundaries are counted on the batch stream, so resume points ar
 On CUDA the forward runs under bf16/fp16 autocast, CNNs in channels_last; features are stored in
 the configured dtype either way.
 
-With world_size > 1 (issue 11) each chunk's rows are split into contiguous parts, one per
+With world_size > 1 each chunk's rows are split into contiguous parts, one per
 process (asvp.distributed); rank 0 gathers the parts and is the only writer, so the file, its
 chunks and its resume points are those of one process.
 """

@@ -230,8 +230,8 @@ def finetune_and_evaluate(
                 "lp_weight_decay": next((h["weight_decay"] for h in history if "weight_decay" in h), None),
                 "finetune_key": key,
                 # Compute this fine-tune cost wherever it ran (a job that reuses it costs ~nothing):
-                # the cost model charges each key once, at these figures (this session's part only
-                # when a killed fine-tune resumed from its checkpoint).
+                # the cost model charges each key once, at these figures (only the part run since the
+                # checkpoint when a killed fine-tune resumed from one).
                 "train_seconds": trained - started,
                 "processes": processes,
                 "test_seconds": time.perf_counter() - trained,

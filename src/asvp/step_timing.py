@@ -1,8 +1,8 @@
 """A step's own benchmark record, for jobs that run several steps.
 
 The simulated oracle's selection job of a round trains the proxy, selects, labels and (ASVP)
-decides in one job, so that a long run plans and schedules few jobs (issue 11: 900 rounds are
-3,600 jobs instead of 9,000). Snakemake's `benchmark:` would time that job as a whole; the paper's
+decides in one job, so that a long run plans and schedules few jobs (900 rounds are 3,600 jobs
+instead of 9,000). Snakemake's `benchmark:` would time that job as a whole; the paper's
 time model (sec. 6.4) needs each stage apart. So each step adds its own row to the job's
 `round{r}/benchmarks/select_steps.tsv`: the columns of Snakemake's benchmark files (what a step
 cannot measure is NA) and `step`; the first step of the job replaces the file, the later ones

@@ -1,7 +1,7 @@
 """In-memory fast path for array datasets (Fashion-MNIST, CIFAR): decode once, augment whole batches.
 
 `ImageDataset` builds a PIL image and runs a PIL transform per item, in the main process: at
-32 px that capped feature extraction at ~68 % of the backbone's own speed (issue 7, point 5).
+32 px that capped feature extraction at ~68 % of the backbone's own speed.
 Here the selected items are resized once, with the very PIL steps `build_transform` uses
 (Resize + CenterCrop), into a uint8 tensor (N, 3, R, R); eval items are then bit-identical to
 `ImageDataset`'s. Train mode reproduces the small-resolution recipe on whole batches:
