@@ -1,4 +1,4 @@
-"""The cheap per-round jobs never import torch (issue 7, point 6).
+"""The cheap per-round jobs never import torch.
 
 `import torch` costs 3-5 s on a busy 2-core machine, more than these jobs' whole work, and a
 run has several of them per round. Each command runs here as the rules run it (`python -m
