@@ -3,6 +3,8 @@ the step floor stretches a schedule that still decays over the whole run."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -99,3 +101,31 @@ def test_the_default_step_floor_decays_the_lr_over_the_whole_stretched_run(kind:
     assert plan.steps == total and factors[0] == 1.0 and factors[-1] == pytest.approx(0.01)
     first_drop, second_drop = factors.index(pytest.approx(0.1)), factors.index(pytest.approx(0.01))
     assert abs(first_drop - 200 * 20 / 30 - (total - 200)) <= 1 and abs(second_drop - 200 * 25 / 30 - (total - 200)) <= 1
+
+
+def test_a_backbone_never_trained_gets_a_longer_schedule_and_a_trained_one_keeps_its_recipe(tmp_path: Path) -> None:
+    import torchvision
+
+    from asvp.checkpoints import never_trained
+    from asvp.finetune import training_recipe
+    from asvp.recipes import UNTRAINED_EPOCH_FACTOR
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18()
+    torch.save(model.state_dict(), tmp_path / "random.pth")
+    model.train()
+    model(torch.randn(4, 3, 32, 32))  # one training-mode pass moves the BatchNorm statistics
+    torch.save(model.state_dict(), tmp_path / "trained.pth")
+    assert never_trained(str(tmp_path / "random.pth")) and never_trained(None)
+    assert not never_trained(str(tmp_path / "trained.pth"))
+
+    def config(checkpoint: str | None) -> dict:
+        return validate_config({"experiment": "unit", "backbone": {"arch": "resnet18", "checkpoint": checkpoint}})
+
+    trained, untrained = (training_recipe(kind, config(str(tmp_path / name))).stages[-1]
+                          for kind, name in (("ft", "trained.pth"), ("ft", "random.pth")))
+    assert untrained.epochs == UNTRAINED_EPOCH_FACTOR * trained.epochs
+    assert untrained.milestones == tuple(UNTRAINED_EPOCH_FACTOR * m for m in trained.milestones)
+    assert trained == recipe_from_config("ft", config(str(tmp_path / "trained.pth"))).stages[-1]
+    lp, ft = training_recipe("lpft", config(str(tmp_path / "random.pth"))).stages
+    assert lp.epochs + ft.epochs == UNTRAINED_EPOCH_FACTOR * validate_config({"experiment": "unit"})["finetune"]["epochs"]

