@@ -111,8 +111,8 @@ def _ft_stage(config: dict[str, Any], epochs: int, skipped_epochs: int) -> Stage
 
 # Weights that were never trained need far more steps than pre-trained ones to fit the same
 # labels: on 1,000 Fashion-MNIST labels at 32 px, randomly initialised MobileNetV2 reached train
-# accuracy 0.79 in the schema's 30 epochs, 0.84 in 60 and 0.92 in 120; ResNet-50 0.80 in 30 and
-# 0.88 in 60 (BENCHMARKS.md). Such a backbone gets this many times the configured epochs,
+# accuracy 0.79 in the schema's 30 epochs, 0.84 in 60 and 0.92 in 120; ResNet-50 0.80, 0.88 and
+# 0.95 (BENCHMARKS.md). Such a backbone gets this many times the configured epochs,
 # milestones included, so that a user who names only data and backbone gets a fine-tune that fits.
 UNTRAINED_EPOCH_FACTOR = 4
 
