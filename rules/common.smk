@@ -24,7 +24,7 @@ PLAN = plan.Plan(config)
 print(PLAN.describe(), file=sys.stderr)
 
 RES = PLAN.res
-FILES = RuleInputs(PLAN, config)  # what each rule reads, from its wildcards (the input functions)
+FILES = RuleInputs(PLAN)  # what each rule reads, from its wildcards (the input functions)
 RUN, ROUND = FILES.run, FILES.round  # a run's folder and a round's, as wildcard patterns
 FINETUNES = PLAN.finetune_cache  # fine-tunes keyed by what determines them, shared across methods
 BUDGETS = PLAN.budgets

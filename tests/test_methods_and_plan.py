@@ -115,7 +115,7 @@ def test_a_rounds_inputs_follow_the_method_and_the_oracle() -> None:
     from asvp.rule_inputs import RuleInputs
 
     config = validate_config({"experiment": "t", "methods": ["random", "svpp", "asvp"]})
-    files = RuleInputs(plan.Plan(config), config)
+    files = RuleInputs(plan.Plan(config))
     asvp_round2 = SimpleNamespace(method="asvp", strategy="margin", seed="1", r="002")
     svpp_round2 = SimpleNamespace(method="svpp", strategy="margin", seed="1", r="002")
     # ASVP's proxy trains on the features its last decision left; SVPp's never change.
@@ -129,4 +129,4 @@ def test_a_rounds_inputs_follow_the_method_and_the_oracle() -> None:
     # The simulated oracle labels inside the selection job; a person labels in a job of its own.
     assert files.labelled_outputs("r") == {"labelled": "r/labelled.csv"}
     human = validate_config({"experiment": "t", "oracle": "human"})
-    assert RuleInputs(plan.Plan(human), human).labelled_outputs("r") == {}
+    assert RuleInputs(plan.Plan(human)).labelled_outputs("r") == {}

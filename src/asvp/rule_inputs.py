@@ -15,6 +15,7 @@ from typing import Any
 from snakemake.io import ancient
 
 from asvp import methods
+from asvp.data.unlabelled import UNLABELLED
 from asvp.oracle import answered, answers_path
 from asvp.plan import Plan, decision_refreshes, params_json
 
@@ -22,18 +23,15 @@ from asvp.plan import Plan, decision_refreshes, params_json
 class RuleInputs:
     """Paths of an experiment's files and the input functions of its rules."""
 
-    def __init__(self, plan: Plan, config: dict[str, Any]) -> None:
+    def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.config = config
-        self.res = plan.res
-        self.run = f"{self.res}/{{method}}/{{strategy}}/seed{{seed}}"
+        self.run = plan.run_dir("{method}", "{strategy}", "{seed}")  # wildcard patterns
         self.round = f"{self.run}/round{{r}}"
-        self.pool = f"{self.res}/data/pool.csv"
-        self.test = f"{self.res}/data/test.csv"
-        self.dataset = f"{self.res}/data/dataset.json"
-        self.pretrained = f"{self.res}/features/pretrained.h5"
-        self.human_oracle = plan.human_oracle  # a person labels between selection and labelling: separate jobs
-        self.growing_pool = config["data"]["dataset"] == "unlabelled"
+        self.pool = f"{plan.res}/data/pool.csv"
+        self.test = f"{plan.res}/data/test.csv"
+        self.dataset = f"{plan.res}/data/dataset.json"
+        self.pretrained = f"{plan.res}/features/pretrained.h5"
+        self.growing_pool = plan.config["data"]["dataset"] == UNLABELLED
 
     # --- paths ---
 
@@ -46,7 +44,7 @@ class RuleInputs:
     def round_file(self, wildcards: Any, name: str, r: str | None = None) -> str:
         """Path of `name` in round r (default: the job's round) of the job's run."""
         r = wildcards.r if r is None else r
-        return f"{self.res}/{wildcards.method}/{wildcards.strategy}/seed{wildcards.seed}/round{r}/{name}"
+        return f"{self.plan.run_dir(wildcards.method, wildcards.strategy, wildcards.seed)}/round{r}/{name}"
 
     def previous(self, wildcards: Any, name: str) -> str:
         """Path of `name` in the round before the job's."""
@@ -77,7 +75,7 @@ class RuleInputs:
 
     def labelled_outputs(self, round_folder: str) -> dict[str, str]:
         """With the simulated oracle a selection job also labels its batch (one job per round)."""
-        return {} if self.human_oracle else {"labelled": f"{round_folder}/labelled.csv"}
+        return {} if self.plan.human_oracle else {"labelled": f"{round_folder}/labelled.csv"}
 
     @staticmethod
     def selection_logs(round_folder: str, name: str = "select") -> dict[str, str]:
@@ -102,7 +100,7 @@ class RuleInputs:
 
     def label_step(self, wildcards: Any, input: Any, output: Any, threads: int) -> str:
         """A selection job's last step with the simulated oracle: label the batch just selected."""
-        if self.human_oracle:
+        if self.plan.human_oracle:
             return ""
         logs = self.selection_logs(os.path.dirname(output.selected))
         grow = f"--previous {input.labelled} " if "labelled" in input.keys() and int(wildcards.get("r", 0)) > 0 else ""
@@ -114,7 +112,7 @@ class RuleInputs:
         """The deciding methods' last step of a proxy round: the refresh decision on the new labels."""
         logs = self.selection_logs(os.path.dirname(output.selected))
         return (f" && asvp --log {logs['job']} --timing {logs['timing']} --same-job --threads {threads} decide "
-                f"--config-json {params_json(self.config, 'decision')} --method {wildcards.method} "
+                f"--config-json {params_json(self.plan.config, 'decision')} --method {wildcards.method} "
                 f"--features {input.features} --labelled {output.labelled} --previous {input.previous_decision} "
                 f"--seed {wildcards.seed} --round {wildcards.r} --out {output.decision}")
 
